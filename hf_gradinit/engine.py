@@ -1,0 +1,305 @@
+"""The GradInit loop: :func:`gradinit`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import GradInitConfig
+from .data import Batch, BatchStream, LossFn, split_batch, to_device
+from .errors import GradInitError
+from .model_state import PreparedModel, model_device
+from .objective import (
+    LossEvaluator,
+    grad_norm,
+    hvp_exact,
+    hvp_finite_difference,
+    norm_direction,
+    scale_gradients,
+    virtual_step,
+)
+from .result import GradInitResult
+from .scale_optimizer import ScaleAdam
+from .scales import ParamInfo, excluded, scaled, trainable_parameters
+
+logger = logging.getLogger(__name__)
+
+
+def gradinit(
+    model: nn.Module,
+    data: Iterable[Batch],
+    config: GradInitConfig | None = None,
+    *,
+    loss_fn: LossFn | None = None,
+) -> GradInitResult:
+    """Learn the initial norm of every parameter tensor of ``model`` and rescale it in place.
+
+    Each trainable floating-point tensor with a non-zero norm gets one scale ``alpha_i``
+    (its direction is kept), learned so that one step of the optimizer you will train with
+    lowers the loss as much as possible while ``||g||_p <= gamma`` (GradInit, Zhu et al.,
+    NeurIPS 2021; :class:`GradInitConfig` states the problem). Each iteration takes one batch
+    and splits it into the overlapping minibatches ``S`` and ``S~``; if the gradient norm on
+    ``S`` exceeds ``gamma`` it takes a step that lowers the gradient norm (a constraint step),
+    otherwise a step that lowers the loss on ``S~`` after the virtual optimizer step (an
+    objective step). Only the scales are learned; the model ends with ``alpha_i theta0_i``.
+
+    During the run the model is in eval mode (no dropout) with BatchNorm on batch statistics,
+    in fp32, without activation checkpointing, under ``config.seed``; afterwards its modes,
+    dtypes, buffers (BatchNorm running statistics included), attention setting, checkpointing
+    and the caller's RNG state are as before. If anything fails (an exception, a non-finite
+    value, Ctrl-C) the parameters are restored bit for bit and the error says what to change.
+
+    Args:
+        model: Any ``nn.Module``: a Hugging Face model, or any module. Its parameters must
+            be materialised (not on the meta device).
+        data: An iterable of batches: a ``DataLoader``, a list... Each batch is a dict of
+            tensors (``model(**batch)``), a tuple or list (``model(*batch)``), or anything
+            ``loss_fn`` understands. Re-iterable data is cycled until ``config.iters``
+            iterations; a one-shot iterator that runs out ends the run early with a warning.
+        config: The settings; ``None`` uses :class:`GradInitConfig`'s defaults (Adam target,
+            the paper's Transformer recipe). Set ``eta`` and ``target`` to the learning rate
+            and optimizer you will train with.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``. Without it the loss is the model
+            output's ``.loss`` (Hugging Face models compute it when the batch has labels).
+
+    Returns:
+        A :class:`GradInitResult` with the learned scales, per-iteration history and timings.
+
+    Raises:
+        GradInitError: Bad input (no batch, no loss, nothing to rescale, meta tensors, a
+            non-finite initial loss) before any work, or a failure during the run, after the
+            model has been restored.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from hf_gradinit import GradInitConfig, gradinit
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+        >>> batches = [(torch.randn(48, 8), torch.randint(0, 2, (48,))) for _ in range(4)]
+        >>> loss_fn = lambda m, b: nn.functional.cross_entropy(m(b[0]), b[1])
+        >>> cfg = GradInitConfig(target="sgd", eta=0.1, iters=20, show_progress=False)
+        >>> result = gradinit(model, batches, cfg, loss_fn=loss_fn)
+        >>> sorted(result.scales)
+        ['0.bias', '0.weight', '2.bias', '2.weight']
+    """
+    config = (config if config is not None else GradInitConfig()).resolve()
+    started = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise GradInitError(f"gradinit needs an nn.Module, got {type(model).__name__}.")
+    infos = trainable_parameters(model)
+    if not infos:
+        raise GradInitError(
+            f"{type(model).__name__} has no trainable floating-point parameter: nothing to rescale."
+            " Check requires_grad (a frozen model has none)."
+        )
+    stream = BatchStream(data)
+    first = stream.next_batch()
+    if first is None:
+        raise GradInitError(
+            "data yielded no batch: it is empty, or an iterator that was already consumed."
+            " Pass a DataLoader or a list of batches (re-iterable data is cycled as needed)."
+        )
+    run = _Run(model, infos, config, loss_fn)
+    step = 0
+    try:
+        with PreparedModel(model, infos, hvp=config.hvp, seed=config.seed) as prepared:
+            run.setup(prepared)
+            setup_s = time.perf_counter() - started
+            with tqdm(total=config.iters, desc="GradInit", disable=not config.show_progress, leave=False) as bar:
+                batch: Batch | None = first
+                while step < config.iters:
+                    if batch is None:
+                        warnings.warn(
+                            f"data ran out after {step} of {config.iters} GradInit iterations; stopping"
+                            " early. Pass a re-iterable (a DataLoader or a list) to cycle through it.",
+                            stacklevel=2,
+                        )
+                        break
+                    record = run.iteration(step, batch)
+                    bar.update(1)
+                    bar.set_postfix(run.postfix(record), refresh=False)
+                    step += 1
+                    if step < config.iters:
+                        batch = stream.next_batch()
+            prepared.commit(run.final_values())
+    except GradInitError:
+        raise
+    except KeyboardInterrupt:
+        logger.warning(
+            "GradInit interrupted at iteration %d; the model was restored to its state before the call.", step
+        )
+        raise
+    except Exception as err:
+        where = "on the first batch, before any change" if step == 0 else f"at iteration {step}"
+        raise GradInitError(
+            f"GradInit failed {where}: {type(err).__name__}: {err}\nThe model was restored to its state"
+            " before the call." + (" Check that the batches match the model's forward signature." if step == 0 else "")
+        ) from err
+    result = run.result(total_s=time.perf_counter() - started, setup_s=setup_s)
+    logger.info("%s", result.summary(max_rows=10))
+    return result
+
+
+class _Run:
+    """State of one GradInit run between its iterations."""
+
+    def __init__(self, model: nn.Module, infos: list[ParamInfo], config: GradInitConfig, loss_fn: LossFn | None):
+        self.model = model
+        self.infos = infos
+        self.config = config
+        self.p = config.norm_order
+        self.evaluator = LossEvaluator(model, [i.name for i in infos], [i.param for i in infos], loss_fn)
+        self.history: list[dict] = []
+
+    def setup(self, prepared: PreparedModel) -> None:
+        cfg = self.config
+        self.prepared = prepared
+        self.device = model_device(self.model)
+        norms = [float(torch.linalg.vector_norm(t, dtype=torch.float64)) for t in prepared.theta0]
+        self.skipped: dict[str, str] = {}
+        self.scaled_idx: list[int] = []
+        for i, info in enumerate(self.infos):
+            if excluded(info.name, cfg.exclude):
+                self.skipped[info.name] = "excluded"
+            elif norms[i] == 0.0:
+                # A zero tensor has no direction to keep; it still takes part in the virtual
+                # step and the gradient norm.
+                self.skipped[info.name] = "zero norm"
+            else:
+                self.scaled_idx.append(i)
+        if not self.scaled_idx:
+            raise GradInitError(
+                f"No tensor of {type(self.model).__name__} can be rescaled: all {len(self.infos)} trainable"
+                f" tensors are zero or excluded ({sorted(set(self.skipped.values()))}). GradInit keeps each"
+                " tensor's direction, so it needs a randomly initialised model; check config.exclude."
+            )
+        self.init_norms = {self.infos[i].name: norms[i] for i in self.scaled_idx}
+        kinds = [self.infos[i].kind for i in self.scaled_idx]
+        inf = float("inf")
+        low = {"weight": cfg.min_scale, "bias": cfg.bias_min_scale, "norm": cfg.norm_min_scale}
+        high = {"weight": cfg.max_scale, "bias": cfg.bias_max_scale, "norm": cfg.norm_max_scale}
+        self.optimizer = ScaleAdam(
+            lr=torch.tensor([cfg.norm_lr if k == "norm" else cfg.lr for k in kinds]),
+            betas=cfg.betas,
+            eps=cfg.eps,
+            clip=cfg.clip,
+            low=torch.tensor([low[k] for k in kinds]),
+            high=torch.tensor([inf if high[k] is None else high[k] for k in kinds]),
+            separate_second_moment=cfg.separate_second_moment,
+        )
+        self.theta0_scaled = [prepared.theta0[i] for i in self.scaled_idx]
+        self.working_scaled = [self.infos[i].param.data for i in self.scaled_idx]
+        logger.info(
+            "GradInit: rescaling %d tensors (%d skipped) of %s; target=%s eta=%g gamma=%g (||g||_%d),"
+            " %d iterations, scale lr %g, hvp=%s",
+            len(self.scaled_idx), len(self.skipped), type(self.model).__name__, cfg.target, cfg.eta,
+            cfg.gamma, self.p, cfg.iters, cfg.lr, cfg.hvp,
+        )  # fmt: skip
+
+    def iteration(self, step: int, batch: Batch) -> dict:
+        cfg, ev = self.config, self.evaluator
+        started = time.perf_counter()
+        s, s_tilde = split_batch(to_device(batch, self.device), cfg.overlap)
+        loss, grads = ev.grad(s)
+        gnorm = grad_norm(grads, self.p)
+        self._check_finite(step, loss=float(loss), grad_norm=float(gnorm))
+        record: dict = {"step": step, "loss": float(loss), "grad_norm": float(gnorm)}
+        theta = [p.detach() for p in ev.params]
+        if float(gnorm) > cfg.gamma:
+            record["kind"] = "constraint"
+            if cfg.hvp == "exact":
+                del grads
+                _, d_theta = hvp_exact(ev, s, self.p)
+            else:
+                direction = norm_direction(grads, gnorm, self.p)
+                del grads
+                d_theta = hvp_finite_difference(ev, s, theta, direction, cfg.fd_eps)
+            scale_grad = scale_gradients([d_theta[i] for i in self.scaled_idx], self.theta0_scaled)
+        else:
+            record["kind"] = "objective"
+            theta_prime, decay = virtual_step(theta, grads, gnorm, cfg)
+            del grads
+            lookahead, d_theta = ev.grad(s_tilde, at=theta_prime)
+            del theta_prime
+            record["lookahead_loss"] = float(lookahead)
+            record["objective"] = float(lookahead) / cfg.eta
+            self._check_finite(step, lookahead_loss=float(lookahead))
+            scale_grad = scale_gradients([d_theta[i] for i in self.scaled_idx], self.theta0_scaled)
+            scale_grad *= decay / cfg.eta
+        del d_theta
+        scale_grad = scale_grad.cpu()
+        if not bool(torch.isfinite(scale_grad).all()):
+            bad = [self.infos[self.scaled_idx[j]].name for j in torch.nonzero(~torch.isfinite(scale_grad)).flatten()]
+            raise GradInitError(
+                f"Non-finite scale gradient at GradInit iteration {step} ({record['kind']} step) for {bad[:3]};"
+                " the model was restored. Lower eta or the scale lr, or use hvp='exact' if it was a"
+                " finite-difference constraint step."
+            )
+        alpha = self.optimizer.step(scale_grad, constraint=record["kind"] == "constraint")
+        with torch.no_grad():
+            values = torch._foreach_mul(self.theta0_scaled, alpha.tolist())
+            torch._foreach_copy_(self.working_scaled, values)
+        record["seconds"] = time.perf_counter() - started
+        self.history.append(record)
+        return record
+
+    def _check_finite(self, step: int, **values: float) -> None:
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+        if not bad:
+            return
+        if step == 0 and "loss" in bad:
+            raise GradInitError(
+                f"The model's loss is {bad['loss']} on the first batch, before GradInit changed anything."
+                " Check the data (labels in range, padding masked with -100) and the model's initialisation."
+            )
+        raise GradInitError(
+            f"GradInit hit a non-finite value at iteration {step}: {bad}; the model was restored."
+            " Lower the scale learning rate (lr) or eta, or tighten gamma / max_scale."
+        )
+
+    def postfix(self, record: dict) -> dict[str, str]:
+        out = {"loss": f"{record['loss']:.4g}", "|g|": f"{record['grad_norm']:.4g}"}
+        if "lookahead_loss" in record:
+            out["next"] = f"{record['lookahead_loss']:.4g}"
+        out["cons"] = str(sum(1 for h in self.history if h["kind"] == "constraint"))
+        return out
+
+    def final_values(self) -> list[torch.Tensor | None]:
+        alpha = self.optimizer.alpha.tolist()
+        final: list[torch.Tensor | None] = [None] * len(self.infos)
+        for j, i in enumerate(self.scaled_idx):
+            final[i] = scaled(self.prepared.theta0[i], alpha[j], self.prepared.original_dtypes[i])
+        return final
+
+    def result(self, total_s: float, setup_s: float) -> GradInitResult:
+        alpha = self.optimizer.alpha.tolist()
+        names = [self.infos[i].name for i in self.scaled_idx]
+
+        def mean_seconds(kind: str) -> float:
+            secs = [h["seconds"] for h in self.history if h["kind"] == kind]
+            return sum(secs) / len(secs) if secs else math.nan
+
+        return GradInitResult(
+            scales=dict(zip(names, alpha, strict=True)),
+            init_norms=self.init_norms,
+            kinds={self.infos[i].name: self.infos[i].kind for i in self.scaled_idx},
+            skipped=self.skipped,
+            history=self.history,
+            config=self.config.to_dict(),
+            timings={
+                "total_s": total_s,
+                "setup_s": setup_s,
+                "iterations_s": sum(h["seconds"] for h in self.history),
+                "objective_step_s": mean_seconds("objective"),
+                "constraint_step_s": mean_seconds("constraint"),
+            },
+        )

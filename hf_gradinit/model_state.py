@@ -1,0 +1,180 @@
+"""Putting a model in the state GradInit needs, and taking it back out exactly.
+
+During GradInit a model must run deterministically in fp32 (dropout off, BatchNorm on batch
+statistics without touching its running statistics, no activation checkpointing, an
+attention kernel that supports the chosen Hessian-vector product), and afterwards it must
+be as it was in every respect but the rescaled weights. :class:`PreparedModel` records all
+of it on entry and restores all of it on exit, whether the run succeeded or not.
+
+The trick that makes failure safe: every trainable tensor's storage is *swapped* for a
+working copy (``param.data = copy``) for the duration of the run. The original storage is
+never written until the run has succeeded; on failure, swapping it back restores the exact
+original bits, and on success the final weights are copied into it, so the parameter
+objects and their storage (which optimizers and DDP hold on to) stay the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import GradInitError
+from .scales import ParamInfo, compute_dtype
+
+# transformers keeps its attention choice in config._attn_implementation; these two
+# run on torch ops that autograd can differentiate twice (SDPA on its math kernel).
+_DOUBLE_BACKWARD_ATTENTION = ("eager", "sdpa")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+class PreparedModel(contextlib.AbstractContextManager):
+    """Context manager: the model in GradInit's state inside, exactly restored outside.
+
+    Inside, ``theta0[i]`` holds the original value of ``params[i]`` in GradInit's precision
+    (the original tensor itself when it already is fp32 or fp64) and the model's parameters
+    hold working copies that the engine may overwrite. Call :meth:`commit` with the final
+    values before leaving to keep them; leaving without it discards every change.
+    """
+
+    def __init__(self, model: nn.Module, params: list[ParamInfo], *, hvp: str, seed: int):
+        self.model = model
+        self.params = params
+        self.hvp = hvp
+        self.seed = seed
+        self.theta0: list[torch.Tensor] = []
+        self.original_dtypes: list[torch.dtype] = []
+        self._final: dict[int, torch.Tensor] = {}
+        self._stack = contextlib.ExitStack()
+
+    # -- entering ---------------------------------------------------------------------------
+    def __enter__(self) -> PreparedModel:
+        meta = [n for n, p in self.model.named_parameters() if p.is_meta]
+        if meta:
+            raise GradInitError(
+                f"{len(meta)} parameter(s) of {type(self.model).__name__} are on the meta device"
+                f" (first: {meta[0]!r}): they hold no values to rescale. Materialise the model first"
+                " (for example model.to_empty(device=...) followed by its own initialisation, or build"
+                " it without init_empty_weights / device='meta')."
+            )
+        try:
+            self._enter()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def _enter(self) -> None:
+        stack = self._stack
+        model = self.model
+        device = model_device(model)
+
+        stack.callback(self._restore_tensors, self._swap_tensors())
+
+        modes = {m: m.training for m in model.modules()}
+        stack.callback(lambda: [setattr(m, "training", mode) for m, mode in modes.items()])
+        model.eval()  # dropout (and every other training-only behaviour) off
+        tracking = {}
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase):
+                tracking[m] = m.track_running_stats
+                # Train mode with tracking off: batch statistics, running statistics untouched.
+                m.train()
+                m.track_running_stats = False
+        stack.callback(lambda: [setattr(m, "track_running_stats", t) for m, t in tracking.items()])
+
+        checkpointing = {m: m.gradient_checkpointing for m in model.modules() if hasattr(m, "gradient_checkpointing")}
+        for m in checkpointing:
+            # Recomputation would see the real weights, not the substituted ones.
+            m.gradient_checkpointing = False
+        stack.callback(lambda: [setattr(m, "gradient_checkpointing", v) for m, v in checkpointing.items()])
+
+        self._prepare_attention()
+
+        devices = [device.index or 0] if device.type == "cuda" else []
+        stack.enter_context(torch.random.fork_rng(devices=devices))
+        torch.manual_seed(self.seed)
+        stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
+        stack.enter_context(torch.enable_grad())
+
+    def _swap_tensors(self) -> list[tuple[Any, str, torch.Tensor]]:
+        """Replace every parameter's and buffer's storage by GradInit's working copy."""
+        swapped: list[tuple[Any, str, torch.Tensor]] = []
+        trainable = {id(info.param) for info in self.params}
+        for info in self.params:
+            original = info.param.data
+            theta0 = original if compute_dtype(original.dtype) == original.dtype else original.to(torch.float32)
+            self.theta0.append(theta0)
+            self.original_dtypes.append(original.dtype)
+        seen: set[int] = set()
+        for p in self.model.parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            original = p.data
+            dtype = compute_dtype(original.dtype) if original.is_floating_point() else original.dtype
+            if id(p) in trainable:
+                p.data = original.to(dtype, copy=True)
+            elif dtype != original.dtype:
+                p.data = original.to(dtype)
+            else:
+                continue
+            swapped.append((p, "data", original))
+        for module in self.model.modules():
+            for name, buf in list(module._buffers.items()):
+                if buf is None:
+                    continue
+                dtype = compute_dtype(buf.dtype) if buf.is_floating_point() else buf.dtype
+                # A copy even when the dtype stays: whatever a forward pass writes into a
+                # buffer is then dropped on exit.
+                module._buffers[name] = buf.to(dtype, copy=True)
+                swapped.append((module._buffers, name, buf))
+        return swapped
+
+    def _restore_tensors(self, swapped: list[tuple[Any, str, torch.Tensor]]) -> None:
+        with torch.no_grad():
+            for obj, name, original in reversed(swapped):
+                final = self._final.get(id(obj)) if name == "data" else None
+                if final is not None:
+                    original.copy_(final)
+                if name == "data":
+                    obj.data = original
+                else:
+                    obj[name] = original
+
+    def _prepare_attention(self) -> None:
+        config = getattr(self.model, "config", None)
+        current = getattr(config, "_attn_implementation", None)
+        if self.hvp != "exact" or current is None or current in _DOUBLE_BACKWARD_ATTENTION:
+            return
+        setter = getattr(self.model, "set_attn_implementation", None)
+        if setter is None:
+            raise GradInitError(
+                f"hvp='exact' needs a double backward, which attention {current!r} lacks, and the model"
+                " cannot switch kernels. Use hvp='finite_difference', or load the model with"
+                " attn_implementation='sdpa' or 'eager'."
+            )
+        setter("sdpa")
+        self._stack.callback(setter, current)
+
+    # -- leaving ----------------------------------------------------------------------------
+    def commit(self, final: list[torch.Tensor | None]) -> None:
+        """Keep ``final[i]`` (already in the parameter's original dtype) as the value of
+        ``params[i]`` on exit; ``None`` keeps the original value."""
+        self._final = {
+            id(info.param): value for info, value in zip(self.params, final, strict=True) if value is not None
+        }
+
+    def __exit__(self, *exc_info: object) -> None:
+        if exc_info[0] is not None:
+            self._final = {}
+        self._stack.close()
