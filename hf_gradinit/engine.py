@@ -16,15 +16,7 @@ from .config import GradInitConfig
 from .data import Batch, BatchStream, LossFn, split_batch, to_device
 from .errors import GradInitError
 from .model_state import PreparedModel, model_device
-from .objective import (
-    LossEvaluator,
-    grad_norm,
-    hvp_exact,
-    hvp_finite_difference,
-    norm_direction,
-    scale_gradients,
-    virtual_step,
-)
+from .objective import LossEvaluator, constraint_scale_gradient, grad_norm, objective_scale_gradient
 from .result import GradInitResult
 from .scale_optimizer import ScaleAdam
 from .scales import ParamInfo, excluded, scaled, trainable_parameters
@@ -213,29 +205,18 @@ class _Run:
         gnorm = grad_norm(grads, self.p)
         self._check_finite(step, loss=float(loss), grad_norm=float(gnorm))
         record: dict = {"step": step, "loss": float(loss), "grad_norm": float(gnorm)}
-        theta = [p.detach() for p in ev.params]
         if float(gnorm) > cfg.gamma:
             record["kind"] = "constraint"
-            if cfg.hvp == "exact":
-                del grads
-                _, d_theta = hvp_exact(ev, s, self.p)
-            else:
-                direction = norm_direction(grads, gnorm, self.p)
-                del grads
-                d_theta = hvp_finite_difference(ev, s, theta, direction, cfg.fd_eps)
-            scale_grad = scale_gradients([d_theta[i] for i in self.scaled_idx], self.theta0_scaled)
+            scale_grad = constraint_scale_gradient(ev, s, grads, gnorm, self.theta0_scaled, self.scaled_idx, cfg)
         else:
             record["kind"] = "objective"
-            theta_prime, decay = virtual_step(theta, grads, gnorm, cfg)
-            del grads
-            lookahead, d_theta = ev.grad(s_tilde, at=theta_prime)
-            del theta_prime
-            record["lookahead_loss"] = float(lookahead)
-            record["objective"] = float(lookahead) / cfg.eta
-            self._check_finite(step, lookahead_loss=float(lookahead))
-            scale_grad = scale_gradients([d_theta[i] for i in self.scaled_idx], self.theta0_scaled)
-            scale_grad *= decay / cfg.eta
-        del d_theta
+            lookahead, scale_grad = objective_scale_gradient(
+                ev, s_tilde, grads, gnorm, self.theta0_scaled, self.scaled_idx, cfg
+            )
+            record["lookahead_loss"] = lookahead
+            record["objective"] = lookahead / cfg.eta
+            self._check_finite(step, lookahead_loss=lookahead)
+        del grads
         scale_grad = scale_grad.cpu()
         if not bool(torch.isfinite(scale_grad).all()):
             bad = [self.infos[self.scaled_idx[j]].name for j in torch.nonzero(~torch.isfinite(scale_grad)).flatten()]

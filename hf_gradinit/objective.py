@@ -178,6 +178,55 @@ def hvp_exact(evaluator: LossEvaluator, batch: Batch, p: int) -> tuple[torch.Ten
     return gnorm.detach(), [h.detach() for h in hv]
 
 
+def objective_scale_gradient(
+    evaluator: LossEvaluator,
+    batch_tilde: Batch,
+    grads: Tensors,
+    gnorm: torch.Tensor,
+    theta0: Tensors,
+    scaled_idx: Sequence[int],
+    config: GradInitConfig,
+) -> tuple[float, torch.Tensor]:
+    """Objective step: ``(L(S~; theta'), d/dalpha [L(S~; theta') / eta])`` with ``A[g]`` constant.
+
+    ``grads`` is ``g = grad L(S; theta)`` at the model's parameters; the list is emptied once
+    used, so its memory is freed before the second gradient is taken. ``theta0`` holds the
+    original values of the tensors listed by ``scaled_idx``.
+    """
+    theta = [p.detach() for p in evaluator.params]
+    theta_prime, decay = virtual_step(theta, grads, gnorm, config)
+    grads.clear()
+    lookahead, d_theta = evaluator.grad(batch_tilde, at=theta_prime)
+    del theta_prime
+    scale_grad = scale_gradients([d_theta[i] for i in scaled_idx], theta0)
+    return float(lookahead), scale_grad * (decay / float(config.eta))
+
+
+def constraint_scale_gradient(
+    evaluator: LossEvaluator,
+    batch: Batch,
+    grads: Tensors,
+    gnorm: torch.Tensor,
+    theta0: Tensors,
+    scaled_idx: Sequence[int],
+    config: GradInitConfig,
+) -> torch.Tensor:
+    """Constraint step: ``d ||g||_p / d alpha`` on ``S``, with ``H v`` from ``config.hvp``.
+
+    ``grads`` is ``g`` on ``batch`` at the model's parameters; the list is emptied once used.
+    """
+    p = config.norm_order
+    if config.hvp == "exact":
+        grads.clear()
+        _, d_theta = hvp_exact(evaluator, batch, p)
+    else:
+        direction = norm_direction(grads, gnorm, p)
+        grads.clear()
+        theta = [q.detach() for q in evaluator.params]
+        d_theta = hvp_finite_difference(evaluator, batch, theta, direction, config.fd_eps)
+    return scale_gradients([d_theta[i] for i in scaled_idx], theta0)
+
+
 def _math_sdpa() -> contextlib.AbstractContextManager:
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
