@@ -1,9 +1,12 @@
 """hf_gradinit: learned, data-driven initialisation (GradInit) for PyTorch and Hugging Face models.
 
-Example:
-    >>> from hf_gradinit import GradInitConfig, gradinit          # doctest: +SKIP
-    >>> result = gradinit(model, train_batches, GradInitConfig(target="adam", eta=5e-4))  # doctest: +SKIP
-    >>> print(result.summary())                                    # doctest: +SKIP
+Usage::
+
+    from hf_gradinit import GradInitConfig, gradinit
+
+    result = gradinit(model, train_batches, GradInitConfig(target="adam", eta=5e-4))
+    print(result.summary())
+    result.save("gradinit_scales.json")  # re-apply later with apply_scales(fresh_model, ...)
 """
 
 from .config import GradInitConfig

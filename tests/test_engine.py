@@ -1,0 +1,321 @@
+"""GradInit through its public API: what it learns, and what it leaves the model as."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import (
+    SmallCNN,
+    assert_same_state,
+    image_batches,
+    mlp_batches,
+    reversal_batches,
+    smooth_mlp,
+    snapshot,
+    tiny_marian,
+    xent,
+)
+from torch import nn
+
+from hf_gradinit import GradInitConfig, GradInitError, GradInitResult, apply_scales, gradinit
+from hf_gradinit.data import split_batch
+from hf_gradinit.objective import LossEvaluator, grad_norm, virtual_step
+from hf_gradinit.scales import trainable_parameters
+
+
+def lookahead_loss(model: nn.Module, batches: list[dict], config: GradInitConfig) -> float:
+    """Mean over batches of L(S~; theta - eta A[g(S)]): the loss one step of the target
+    optimizer reaches, measured the way GradInit's objective defines it."""
+    config = config.resolve()
+    model.eval()
+    infos = trainable_parameters(model)
+    ev = LossEvaluator(model, [i.name for i in infos], [i.param for i in infos], None)
+    total = 0.0
+    for batch in batches:
+        s, s_tilde = split_batch(batch, config.overlap)
+        _, grads = ev.grad(s)
+        theta_prime, _ = virtual_step(
+            [p.detach() for p in ev.params], grads, grad_norm(grads, config.norm_order), config
+        )
+        with torch.no_grad():
+            total += float(ev.loss(s_tilde, theta_prime))
+    return total / len(batches)
+
+
+# --- what it learns ------------------------------------------------------------------------
+def test_post_ln_marian_lookahead_loss_improves_on_held_out_batches(quiet):
+    """The quantity GradInit optimises, measured on batches it never saw, goes down."""
+    model = tiny_marian(seed=0)
+    config = quiet(target="adam", eta=5e-3, iters=60, lr=3e-2, gamma=1e4)
+    held_out = reversal_batches(4, seed=99)
+    before = lookahead_loss(model, held_out, config)
+    result = gradinit(model, reversal_batches(20, seed=0), config)
+    after = lookahead_loss(model, held_out, config)
+    assert result.iterations == 60
+    # Measured 3.794 -> 3.726; a random-token task near its unigram level moves slowly.
+    assert after < before - 0.03, (before, after)
+    # Training-set objective went down over the run too.
+    objective = [h["lookahead_loss"] for h in result.history if h["kind"] == "objective"]
+    assert sum(objective[-10:]) / 10 < sum(objective[:10]) / 10
+
+
+def test_marian_tied_embedding_has_one_scale_and_stays_tied(quiet):
+    model = tiny_marian(seed=1)
+    shared = model.model.shared.weight
+    before = shared.detach().clone()
+    result = gradinit(model, reversal_batches(4, seed=1), quiet(iters=5, lr=5e-2, gamma=1e6))
+    tied_names = {
+        "model.shared.weight",
+        "model.encoder.embed_tokens.weight",
+        "model.decoder.embed_tokens.weight",
+        "lm_head.weight",
+    }
+    assert [n for n in result.scales if n in tied_names] == ["model.shared.weight"]
+    assert model.lm_head.weight is shared and model.model.encoder.embed_tokens.weight is shared
+    assert result.scales["model.shared.weight"] != 1.0
+    torch.testing.assert_close(shared.detach(), before * result.scales["model.shared.weight"])
+
+
+def test_marian_frozen_positions_untouched_and_zero_biases_skipped(quiet):
+    model = tiny_marian(seed=2)
+    positions = {n: p.detach().clone() for n, p in model.named_parameters() if "embed_positions" in n}
+    assert positions and all(not p.requires_grad for n, p in model.named_parameters() if n in positions)
+    result = gradinit(model, reversal_batches(4, seed=2), quiet(iters=3, gamma=1e6))
+    for name, value in positions.items():
+        assert name not in result.scales
+        assert torch.equal(dict(model.named_parameters())[name], value)
+    zero = [n for n, p in model.named_parameters() if p.requires_grad and float(p.detach().norm()) == 0.0]
+    # Marian's biases start at zero: they are stepped (no scale) and reported as skipped.
+    assert all(result.skipped.get(n) == "zero norm" for n in zero if "bias" in n)
+    assert {result.kinds[n] for n in result.scales} == {"weight", "norm"}
+
+
+@pytest.mark.parametrize("hvp", ["exact", "finite_difference"])
+def test_default_attention_kept_in_both_hvp_modes(hvp, quiet):
+    model = tiny_marian(seed=4)
+    impl = model.config._attn_implementation
+    result = gradinit(model, reversal_batches(3, seed=4), quiet(iters=3, gamma=1e-9, hvp=hvp))
+    assert result.num_constraint_steps == 3
+    assert model.config._attn_implementation == impl
+
+
+def test_exact_and_finite_difference_modes_learn_close_scales(quiet):
+    """The two Hessian-vector products give nearly the same constraint-step trajectory."""
+    runs = {}
+    for hvp in ("exact", "finite_difference"):
+        model = smooth_mlp(seed=5)
+        runs[hvp] = gradinit(
+            model, mlp_batches(8, seed=5), quiet(target="sgd", gamma=0.05, iters=40, hvp=hvp), loss_fn=xent
+        )
+    assert runs["exact"].num_constraint_steps > 10
+    for name, a in runs["exact"].scales.items():
+        assert runs["finite_difference"].scales[name] == pytest.approx(a, abs=1e-6)
+
+
+# --- what it leaves the model as -----------------------------------------------------------
+def test_batchnorm_uses_batch_statistics_and_running_stats_unchanged(quiet):
+    torch.manual_seed(0)
+    model = SmallCNN()
+    batches = image_batches(4)
+    s, _ = split_batch(batches[0], 0.5)
+    model.train()
+    model.features[-1].p = 0.0  # the same forward as GradInit's: BN on batch statistics, no dropout
+    with torch.no_grad():
+        expected = float(model(**s)["loss"])
+    model.features[-1].p = 0.5
+    stats = {n: b.clone() for n, b in model.named_buffers()}  # after the forward above updated them
+    result = gradinit(model, batches, quiet(target="sgd", iters=4))
+    assert result.history[0]["loss"] == pytest.approx(expected, rel=1e-6)
+    for name, value in stats.items():
+        assert torch.equal(dict(model.named_buffers())[name], value), name
+    assert model.training and all(m.track_running_stats for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_dropout_off_during_gradinit_and_modes_restored(quiet):
+    model = tiny_marian(seed=6, dropout=0.5)
+    model.train()
+    model.model.encoder.eval()  # a mixed state must come back exactly
+    modes = {n: m.training for n, m in model.named_modules()}
+    batches = reversal_batches(2, seed=6)
+    s, _ = split_batch(batches[0], 0.5)
+    model.eval()
+    with torch.no_grad():
+        expected = float(model(**s).loss)
+    model.train()
+    model.model.encoder.eval()
+    result = gradinit(model, batches, quiet(iters=2, gamma=1e6))
+    assert result.history[0]["loss"] == pytest.approx(expected, rel=1e-6)
+    assert {n: m.training for n, m in model.named_modules()} == modes
+
+
+def test_bf16_model_runs_in_fp32_and_comes_back_bf16(quiet):
+    model = tiny_marian(seed=7)
+    reference = tiny_marian(seed=7)
+    model.to(torch.bfloat16)
+    dtypes = {n: t.dtype for n, t in model.state_dict().items()}
+    result = gradinit(model, reversal_batches(3, seed=7), quiet(iters=3, gamma=1e6, lr=5e-2))
+    assert {n: t.dtype for n, t in model.state_dict().items()} == dtypes
+    # GradInit's first loss is the fp32 loss of the bf16-rounded weights.
+    reference.load_state_dict({k: v.float() for k, v in model.state_dict().items()}, strict=False)
+    s, _ = split_batch(reversal_batches(3, seed=7)[0], 0.5)
+    bf16_weights = tiny_marian(seed=7).to(torch.bfloat16).float().eval()
+    with torch.no_grad():
+        expected = float(bf16_weights(**s).loss)
+    assert result.history[0]["loss"] == pytest.approx(expected, rel=1e-5)
+    # The final weights are the bf16 cast of alpha * theta0.
+    fresh = tiny_marian(seed=7).to(torch.bfloat16)
+    apply_scales(fresh, result)
+    for (n, p), q in zip(model.named_parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize("build", ["marian", "mlp"])
+def test_callers_rng_state_restored(build, quiet):
+    if build == "marian":
+        model, batches, loss_fn = tiny_marian(seed=8), reversal_batches(2, seed=8), None
+    else:
+        model, batches, loss_fn = smooth_mlp(seed=8), mlp_batches(2, seed=8), xent
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    gradinit(model, batches, quiet(iters=2, seed=77), loss_fn=loss_fn)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_activation_checkpointing_off_during_gradinit_and_restored(quiet):
+    model = tiny_marian(seed=9)
+    model.activation_checkpointing_enable()
+    model.train()
+    seen = []
+
+    def loss_fn(m, batch):
+        seen.append(m.is_activation_checkpointing)
+        return m(**batch).loss
+
+    gradinit(model, reversal_batches(2, seed=9), quiet(iters=2, gamma=1e6), loss_fn=loss_fn)
+    assert seen and not any(seen)
+    assert model.is_activation_checkpointing
+
+
+def test_nothing_left_behind_and_parameter_objects_kept(quiet):
+    model = tiny_marian(seed=10)
+    params = {n: (p, p.data_ptr()) for n, p in model.named_parameters()}
+    hooks = [(m._forward_hooks.copy(), m._forward_pre_hooks.copy(), m._backward_hooks.copy()) for m in model.modules()]
+    modules = [type(m) for m in model.modules()]
+    gradinit(model, reversal_batches(2, seed=10), quiet(iters=2))
+    assert {n: (p, p.data_ptr()) for n, p in model.named_parameters()} == params
+    assert [(m._forward_hooks, m._forward_pre_hooks, m._backward_hooks) for m in model.modules()] == hooks
+    assert [type(m) for m in model.modules()] == modules
+    assert all(p.grad is None for p in model.parameters())
+
+
+# --- failure leaves the model exactly as it was --------------------------------------------
+class _Boom(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("failure", ["exception", "nan", "interrupt"])
+def test_failure_mid_run_restores_model_bit_for_bit(failure, quiet):
+    model = tiny_marian(seed=11).to(torch.bfloat16)
+    model.activation_checkpointing_enable()
+    model.train()
+    before = snapshot(model)
+    calls = {"n": 0}
+
+    def loss_fn(m, batch):
+        calls["n"] += 1
+        loss = m(**batch).loss
+        if calls["n"] == 7:  # a few iterations in, after the weights have been changed
+            if failure == "exception":
+                raise _Boom("simulated failure")
+            if failure == "interrupt":
+                raise KeyboardInterrupt
+            return loss * float("nan")
+        return loss
+
+    expected = KeyboardInterrupt if failure == "interrupt" else GradInitError
+    with pytest.raises(expected) as info:
+        gradinit(model, reversal_batches(4, seed=11), quiet(iters=10, lr=0.1, gamma=1e6), loss_fn=loss_fn)
+    if failure != "interrupt":
+        assert "restored" in str(info.value)
+    assert calls["n"] >= 7
+    assert_same_state(model, before)
+    assert model.training and model.is_activation_checkpointing
+
+
+# --- reproducibility and persistence -------------------------------------------------------
+def test_same_seed_same_scales(quiet):
+    results = [
+        gradinit(tiny_marian(seed=12), reversal_batches(4, seed=12), quiet(iters=6, gamma=300.0)) for _ in range(2)
+    ]
+    assert results[0].scales == results[1].scales
+    assert [h["kind"] for h in results[0].history] == [h["kind"] for h in results[1].history]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_saved_scales_reapplied_give_identical_weights(dtype, tmp_path, quiet):
+    model = tiny_marian(seed=13).to(dtype)
+    result = gradinit(model, reversal_batches(4, seed=13), quiet(iters=5, lr=5e-2, gamma=1e6))
+    path = result.save(tmp_path / "init" / "scales.json")
+    loaded = GradInitResult.load(path)
+    assert loaded.scales == result.scales and loaded.history == result.history
+    fresh = tiny_marian(seed=13).to(dtype)
+    apply_scales(fresh, loaded)
+    for (name, p), q in zip(model.named_parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(p, q), name
+
+
+def test_apply_scales_checks_names_before_writing():
+    model = nn.Linear(3, 2)
+    before = snapshot(model)
+    with pytest.raises(KeyError, match="not parameters"):
+        apply_scales(model, {"weight": 2.0, "missing.weight": 1.0})
+    assert_same_state(model, before)
+    with pytest.raises(ValueError, match="finite"):
+        apply_scales(model, {"weight": float("nan")})
+    assert_same_state(model, before)
+
+
+def test_apply_scales_warns_on_a_differently_built_model(quiet):
+    result = gradinit(smooth_mlp(seed=0), mlp_batches(2), quiet(target="sgd", iters=2), loss_fn=xent)
+    with pytest.warns(UserWarning, match="another seed"):
+        apply_scales(smooth_mlp(seed=1), result)
+
+
+def test_one_shot_iterator_that_runs_out_stops_early_with_warning(quiet):
+    batches = iter(mlp_batches(3))
+    with pytest.warns(UserWarning, match="ran out after 3"):
+        result = gradinit(smooth_mlp(), batches, quiet(target="sgd", iters=10), loss_fn=xent)
+    assert result.iterations == 3
+
+
+def test_reiterable_data_is_cycled(quiet):
+    result = gradinit(smooth_mlp(), mlp_batches(2), quiet(target="sgd", iters=5), loss_fn=xent)
+    assert result.iterations == 5
+
+
+# --- output --------------------------------------------------------------------------------
+def test_progress_bar_and_summary(capsys):
+    result = gradinit(
+        smooth_mlp(), mlp_batches(2), GradInitConfig(target="sgd", iters=3, show_progress=True), loss_fn=xent
+    )
+    assert "GradInit" in capsys.readouterr().err
+    text = result.summary()
+    assert "3 iterations" in text and "3.weight" in text and "weight:" in text
+    metrics = result.metrics()
+    assert metrics["gradinit/iterations"] == 3.0 and "gradinit/scale_weight_mean" in metrics
+    gradinit(smooth_mlp(), mlp_batches(2), GradInitConfig(target="sgd", iters=3, show_progress=False), loss_fn=xent)
+    assert capsys.readouterr().err == ""
+
+
+def test_history_records_each_iteration(quiet):
+    result = gradinit(smooth_mlp(), mlp_batches(4), quiet(target="sgd", iters=4, gamma=1e6), loss_fn=xent)
+    assert [h["step"] for h in result.history] == [0, 1, 2, 3]
+    for h in result.history:
+        assert h["kind"] == "objective"
+        assert h["objective"] == pytest.approx(h["lookahead_loss"] / 0.1)
+        assert h["seconds"] > 0
+    assert result.timings["total_s"] >= result.timings["iterations_s"] > 0
+    assert result.config["gamma"] == 1e6 and result.config["eta"] == 0.1

@@ -1,0 +1,167 @@
+"""Bad input gets a clear error, before any work, and the model is left as it was."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_same_state, mlp_batches, reversal_batches, smooth_mlp, snapshot, tiny_marian, xent
+from torch import nn
+
+from hf_gradinit import GradInitConfig, GradInitError, GradInitResult, gradinit
+
+
+def _cfg(**kwargs) -> GradInitConfig:
+    kwargs.setdefault("show_progress", False)
+    kwargs.setdefault("iters", 3)
+    return GradInitConfig(**kwargs)
+
+
+def test_empty_data():
+    model = smooth_mlp()
+    before = snapshot(model)
+    with pytest.raises(GradInitError, match="no batch"):
+        gradinit(model, [], _cfg(), loss_fn=xent)
+    assert_same_state(model, before)
+
+
+def test_exhausted_iterator():
+    it = iter(mlp_batches(2))
+    list(it)
+    with pytest.raises(GradInitError, match="already consumed"):
+        gradinit(smooth_mlp(), it, _cfg(), loss_fn=xent)
+
+
+def test_data_not_iterable():
+    with pytest.raises(GradInitError, match="iterable of batches"):
+        gradinit(smooth_mlp(), 42, _cfg(), loss_fn=xent)
+
+
+def test_batch_without_labels_when_model_returns_no_loss():
+    model = tiny_marian()
+    before = snapshot(model)
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in reversal_batches(2)]
+    batches[0]["decoder_input_ids"] = batches[0]["input_ids"]
+    batches[1]["decoder_input_ids"] = batches[1]["input_ids"]
+    with pytest.raises(GradInitError, match=r"returned no loss.*labels"):
+        gradinit(model, batches, _cfg())
+    assert_same_state(model, before)
+
+
+def test_non_scalar_loss():
+    with pytest.raises(GradInitError, match="scalar"):
+        gradinit(smooth_mlp(), mlp_batches(2), _cfg(), loss_fn=lambda m, b: m(b[0]))
+
+
+def test_batch_that_does_not_fit_the_model():
+    model = smooth_mlp()
+    before = snapshot(model)
+    with pytest.raises(GradInitError, match=r"(?s)first batch.*forward signature"):
+        gradinit(
+            model, [(torch.randn(6, 4, dtype=torch.float64), torch.zeros(6, dtype=torch.long))], _cfg(), loss_fn=xent
+        )
+    assert_same_state(model, before)
+
+
+def test_batch_too_small_to_split():
+    batches = [(torch.randn(1, 5, dtype=torch.float64), torch.zeros(1, dtype=torch.long))]
+    with pytest.raises(GradInitError, match="at least 2 samples"):
+        gradinit(smooth_mlp(), batches, _cfg(), loss_fn=xent)
+    # overlap=1.0 uses the same samples for S and S~, so one sample is enough.
+    gradinit(smooth_mlp(), batches, _cfg(overlap=1.0, target="sgd"), loss_fn=xent)
+
+
+def test_model_with_nothing_trainable():
+    model = smooth_mlp()
+    model.requires_grad_(False)
+    with pytest.raises(GradInitError, match="no trainable floating-point parameter"):
+        gradinit(model, mlp_batches(2), _cfg(), loss_fn=xent)
+
+
+def test_model_with_only_zero_or_excluded_tensors():
+    model = smooth_mlp()
+    before = snapshot(model)
+    with pytest.raises(GradInitError, match=r"No tensor .* can be rescaled"):
+        gradinit(model, mlp_batches(2), _cfg(exclude=(r".*",)), loss_fn=xent)
+    assert_same_state(model, before)
+    zero = nn.Linear(5, 3).double()
+    nn.init.zeros_(zero.weight)
+    nn.init.zeros_(zero.bias)
+    with pytest.raises(GradInitError, match="zero"):
+        gradinit(zero, mlp_batches(2), _cfg(), loss_fn=xent)
+
+
+def test_model_on_meta_device():
+    with torch.device("meta"):
+        model = nn.Linear(5, 3)
+    with pytest.raises(GradInitError, match="meta device"):
+        gradinit(model, mlp_batches(2, dtype=torch.float32), _cfg(), loss_fn=xent)
+
+
+def test_not_a_module():
+    with pytest.raises(GradInitError, match=r"nn\.Module"):
+        gradinit(lambda x: x, mlp_batches(2), _cfg(), loss_fn=xent)
+
+
+def test_non_finite_loss_at_start():
+    model = smooth_mlp()
+    before = snapshot(model)
+    with pytest.raises(GradInitError, match="first batch, before GradInit changed anything"):
+        gradinit(model, mlp_batches(2), _cfg(), loss_fn=lambda m, b: xent(m, b) * float("inf"))
+    assert_same_state(model, before)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"target": "rmsprop"}, "target must be one of"),
+        ({"hvp": "approx"}, "hvp must be one of"),
+        ({"eta": 0.0}, "eta must be a finite number > 0"),
+        ({"eta": float("nan")}, "eta must be a finite number"),
+        ({"gamma": -1.0}, "gamma must be"),
+        ({"iters": 0}, "iters must be an integer >= 1"),
+        ({"overlap": 1.5}, "overlap must lie in"),
+        ({"betas": (0.9, 1.0)}, "betas must be two numbers"),
+        ({"min_scale": 0.5, "max_scale": 0.1}, "max_scale=0.1 must be a finite number >= min_scale"),
+        ({"norm_max_scale": 0.001}, "norm_max_scale"),
+        ({"clip": -1.0}, "clip must be"),
+        ({"exclude": ("(",)}, "invalid regular expression"),
+        ({"eta": 2.0, "weight_decay": 0.6}, "flip the sign"),
+    ],
+)
+def test_contradictory_or_invalid_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GradInitConfig(**kwargs)
+
+
+def test_normalized_step_with_adam_target_is_rejected_before_work():
+    model = smooth_mlp()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="normalize_step=True is a setting of the SGD target"):
+        gradinit(model, mlp_batches(2), _cfg(target="adam", normalize_step=True), loss_fn=xent)
+    assert_same_state(model, before)
+
+
+def test_result_load_rejects_other_files(tmp_path):
+    (tmp_path / "x.json").write_text('{"hello": 1}')
+    with pytest.raises(ValueError, match="not a GradInit result"):
+        GradInitResult.load(tmp_path / "x.json")
+    with pytest.raises(ValueError, match="Cannot read"):
+        GradInitResult.load(tmp_path / "missing.json")
+
+
+def test_config_round_trip_and_resolution():
+    cfg = GradInitConfig(target="sgd", iters=7, exclude="lm_head")
+    assert cfg.exclude == ("lm_head",)
+    assert GradInitConfig.from_dict(cfg.to_dict()) == cfg
+    resolved = cfg.resolve()
+    assert (resolved.eta, resolved.gamma, resolved.normalize_step, resolved.iters, resolved.clip) == (
+        0.1,
+        1.0,
+        True,
+        7,
+        1.0,
+    )
+    adam = GradInitConfig().resolve()
+    assert (adam.eta, adam.gamma, adam.lr, adam.betas, adam.norm_order) == (1e-3, 1000.0, 2.5e-3, (0.9, 0.98), 1)
+    with pytest.raises(ValueError, match="Unknown GradInitConfig fields"):
+        GradInitConfig.from_dict({"eta": 1e-3, "learning_rate": 1})
