@@ -134,11 +134,25 @@ def gradinit(
         where = "on the first batch, before any change" if step == 0 else f"at iteration {step}"
         raise GradInitError(
             f"GradInit failed {where}: {type(err).__name__}: {err}\nThe model was restored to its state"
-            " before the call." + (" Check that the batches match the model's forward signature." if step == 0 else "")
+            f" before the call.{_hint(err, step, config)}"
         ) from err
     result = run.result(total_s=time.perf_counter() - started, setup_s=setup_s)
     logger.info("%s", result.summary(max_rows=10))
     return result
+
+
+def _hint(err: Exception, step: int, config: GradInitConfig) -> str:
+    message = str(err)
+    if "derivative for" in message and "not implemented" in message and config.hvp == "exact":
+        return (
+            " An operation of the model has no double backward, which hvp='exact' needs;"
+            " use hvp='finite_difference' (first order only)."
+        )
+    if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in message:
+        return " Use smaller GradInit batches, or hvp='finite_difference' (no double-backward graph)."
+    if step == 0:
+        return " Check that the batches match the model's forward signature (or pass loss_fn)."
+    return ""
 
 
 class _Run:
@@ -227,8 +241,8 @@ class _Run:
             )
         alpha = self.optimizer.step(scale_grad, constraint=record["kind"] == "constraint")
         with torch.no_grad():
-            values = torch._foreach_mul(self.theta0_scaled, alpha.tolist())
-            torch._foreach_copy_(self.working_scaled, values)
+            torch._foreach_copy_(self.working_scaled, self.theta0_scaled)
+            torch._foreach_mul_(self.working_scaled, alpha.tolist())
         record["seconds"] = time.perf_counter() - started
         self.history.append(record)
         return record

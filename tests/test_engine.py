@@ -99,6 +99,36 @@ def test_default_attention_kept_in_both_hvp_modes(hvp, quiet):
     assert model.config._attn_implementation == impl
 
 
+class _FlashOnlyModel(nn.Module):
+    """Stands in for a Hugging Face model loaded with a kernel that has no double backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = smooth_mlp(seed=3)
+        self.config = type("Config", (), {"_attn_implementation": "flash_attention_2"})()
+        self.switches: list[str] = []
+        self.seen: list[str] = []
+
+    def set_attn_implementation(self, implementation: str) -> None:
+        self.switches.append(implementation)
+        self.config._attn_implementation = implementation
+
+    def forward(self, x):
+        self.seen.append(self.config._attn_implementation)
+        return self.body(x)
+
+
+@pytest.mark.parametrize("hvp", ["exact", "finite_difference"])
+def test_attention_without_double_backward_switched_only_for_exact_and_restored(hvp, quiet):
+    model = _FlashOnlyModel()
+    gradinit(model, mlp_batches(2), quiet(target="sgd", iters=2, gamma=1e-9, hvp=hvp), loss_fn=xent)
+    if hvp == "exact":
+        assert model.switches == ["sdpa", "flash_attention_2"] and set(model.seen) == {"sdpa"}
+    else:
+        assert model.switches == [] and set(model.seen) == {"flash_attention_2"}
+    assert model.config._attn_implementation == "flash_attention_2"
+
+
 def test_exact_and_finite_difference_modes_learn_close_scales(quiet):
     """The two Hessian-vector products give nearly the same constraint-step trajectory."""
     runs = {}
