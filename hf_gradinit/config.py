@@ -58,7 +58,8 @@ class GradInitConfig:
 
     Args:
         target: The optimizer you will train with: ``"sgd"`` (with or without momentum:
-            momentum does not change a first step), ``"adam"`` or ``"adamw"``. It sets the
+            momentum does not change a first step), ``"adam"`` or ``"adamw"``; ``None`` means
+            ``"adam"`` (the Trainer integration fills it from ``--optim``). It sets the
             virtual step ``A[g]``: ``g`` (or ``g / ||g||_2`` with ``normalize_step``) for
             SGD, ``sign(g)`` for Adam (its first update, epsilon ignored), and the norm
             of the constraint: ``p = 2`` for SGD, ``p = 1`` for Adam.
@@ -111,7 +112,7 @@ class GradInitConfig:
         1000.0
     """
 
-    target: Target = "adam"
+    target: Target | None = None
     eta: float | None = None
     normalize_step: bool | None = None
     gamma: float | None = None
@@ -155,9 +156,10 @@ class GradInitConfig:
         """A copy with every ``None`` replaced by the reference value for the target."""
         defaults = _SGD_DEFAULTS if self.target == "sgd" else _ADAM_DEFAULTS
         values = {name: defaults[name] if getattr(self, name) is None else getattr(self, name) for name in defaults}
-        if values["normalize_step"] and self.target != "sgd":
+        values["target"] = self.target or "adam"
+        if values["normalize_step"] and values["target"] != "sgd":
             raise ValueError(
-                f"normalize_step=True is a setting of the SGD target, but target={self.target!r}"
+                f"normalize_step=True is a setting of the SGD target, but target={values['target']!r}"
                 " (Adam's first step is already sign(g)). Drop normalize_step or use target='sgd'."
             )
         resolved = dataclasses.replace(self, **values)
@@ -195,7 +197,7 @@ class GradInitConfig:
                 bound = ">= 0" if allow_zero else "> 0"
                 raise ValueError(f"GradInitConfig.{name} must be a finite number {bound}, got {value!r}.")
 
-        if self.target not in TARGETS:
+        if self.target is not None and self.target not in TARGETS:
             raise ValueError(
                 f"GradInitConfig.target must be one of {list(TARGETS)}, got {self.target!r}"
                 " (SGD with momentum is 'sgd': momentum does not change a first step)."

@@ -14,8 +14,9 @@ from tqdm.auto import tqdm
 
 from .config import GradInitConfig
 from .data import Batch, BatchStream, LossFn, split_batch, to_device
+from .distributed import Collective
 from .errors import GradInitError
-from .model_state import PreparedModel, model_device
+from .model_state import PreparedModel, model_device, seeded_rng
 from .objective import LossEvaluator, constraint_scale_gradient, grad_norm, objective_scale_gradient
 from .result import GradInitResult
 from .scale_optimizer import ScaleAdam
@@ -30,6 +31,7 @@ def gradinit(
     config: GradInitConfig | None = None,
     *,
     loss_fn: LossFn | None = None,
+    distributed: bool | None = None,
 ) -> GradInitResult:
     """Learn the initial norm of every parameter tensor of ``model`` and rescale it in place.
 
@@ -60,6 +62,11 @@ def gradinit(
             and optimizer you will train with.
         loss_fn: ``loss_fn(model, batch) -> scalar tensor``. Without it the loss is the model
             output's ``.loss`` (Hugging Face models compute it when the batch has labels).
+        distributed: In a multi-process run (``torchrun``, ``accelerate launch``) each process
+            passes its own shard of the data; gradients are averaged across processes as in a
+            DDP step, so every process learns the same scales (see
+            :mod:`hf_gradinit.distributed`). ``None`` does so whenever torch.distributed is
+            initialised with several processes; ``False`` runs each process on its own.
 
     Returns:
         A :class:`GradInitResult` with the learned scales, per-iteration history and timings.
@@ -93,49 +100,53 @@ def gradinit(
             f"{type(model).__name__} has no trainable floating-point parameter: nothing to rescale."
             " Check requires_grad (a frozen model has none)."
         )
-    stream = BatchStream(data)
-    first = stream.next_batch()
-    if first is None:
-        raise GradInitError(
-            "data yielded no batch: it is empty, or an iterator that was already consumed."
-            " Pass a DataLoader or a list of batches (re-iterable data is cycled as needed)."
-        )
-    run = _Run(model, infos, config, loss_fn)
+    device = model_device(model)
+    comm = Collective(distributed)
+    run = _Run(model, infos, config, loss_fn, comm)
     step = 0
-    try:
-        with PreparedModel(model, infos, hvp=config.hvp, seed=config.seed) as prepared:
-            run.setup(prepared)
-            setup_s = time.perf_counter() - started
-            with tqdm(total=config.iters, desc="GradInit", disable=not config.show_progress, leave=False) as bar:
-                batch: Batch | None = first
-                while step < config.iters:
-                    if batch is None:
-                        warnings.warn(
-                            f"data ran out after {step} of {config.iters} GradInit iterations; stopping"
-                            " early. Pass a re-iterable (a DataLoader or a list) to cycle through it.",
-                            stacklevel=2,
-                        )
-                        break
-                    record = run.iteration(step, batch)
-                    bar.update(1)
-                    bar.set_postfix(run.postfix(record), refresh=False)
-                    step += 1
-                    if step < config.iters:
-                        batch = stream.next_batch()
-            prepared.commit(run.final_values())
-    except GradInitError:
-        raise
-    except KeyboardInterrupt:
-        logger.warning(
-            "GradInit interrupted at iteration %d; the model was restored to its state before the call.", step
-        )
-        raise
-    except Exception as err:
-        where = "on the first batch, before any change" if step == 0 else f"at iteration {step}"
-        raise GradInitError(
-            f"GradInit failed {where}: {type(err).__name__}: {err}\nThe model was restored to its state"
-            f" before the call.{_hint(err, step, config)}"
-        ) from err
+    # The caller's RNG is kept around data loading too: iterating a DataLoader draws sampler
+    # seeds from torch's global generator, which would otherwise shift the training order.
+    with seeded_rng(device, config.seed):
+        stream = BatchStream(data)
+        batch: Batch | None = stream.next_batch()
+        if not comm.all(batch is not None, device):
+            raise GradInitError(
+                "data yielded no batch (on at least one process): it is empty, or an iterator that was"
+                " already consumed. Pass a DataLoader or a list of batches (re-iterable data is cycled)."
+            )
+        try:
+            with PreparedModel(model, infos, hvp=config.hvp) as prepared:
+                run.setup(prepared)
+                setup_s = time.perf_counter() - started
+                with tqdm(total=config.iters, desc="GradInit", disable=not config.show_progress, leave=False) as bar:
+                    while step < config.iters:
+                        if step > 0:
+                            batch = stream.next_batch()
+                            if not comm.all(batch is not None, device):
+                                warnings.warn(
+                                    f"data ran out after {step} of {config.iters} GradInit iterations; stopping"
+                                    " early. Pass a re-iterable (a DataLoader or a list) to cycle through it.",
+                                    stacklevel=2,
+                                )
+                                break
+                        record = run.iteration(step, batch)
+                        bar.update(1)
+                        bar.set_postfix(run.postfix(record), refresh=False)
+                        step += 1
+                prepared.commit(run.final_values())
+        except GradInitError:
+            raise
+        except KeyboardInterrupt:
+            logger.warning(
+                "GradInit interrupted at iteration %d; the model was restored to its state before the call.", step
+            )
+            raise
+        except Exception as err:
+            where = "on the first batch, before any change" if step == 0 else f"at iteration {step}"
+            raise GradInitError(
+                f"GradInit failed {where}: {type(err).__name__}: {err}\nThe model was restored to its state"
+                f" before the call.{_hint(err, step, config)}"
+            ) from err
     result = run.result(total_s=time.perf_counter() - started, setup_s=setup_s)
     logger.info("%s", result.summary(max_rows=10))
     return result
@@ -158,10 +169,13 @@ def _hint(err: Exception, step: int, config: GradInitConfig) -> str:
 class _Run:
     """State of one GradInit run between its iterations."""
 
-    def __init__(self, model: nn.Module, infos: list[ParamInfo], config: GradInitConfig, loss_fn: LossFn | None):
+    def __init__(
+        self, model: nn.Module, infos: list[ParamInfo], config: GradInitConfig, loss_fn: LossFn | None, comm: Collective
+    ):
         self.model = model
         self.infos = infos
         self.config = config
+        self.comm = comm
         self.p = config.norm_order
         self.evaluator = LossEvaluator(model, [i.name for i in infos], [i.param for i in infos], loss_fn)
         self.history: list[dict] = []
@@ -216,9 +230,13 @@ class _Run:
         started = time.perf_counter()
         s, s_tilde = split_batch(to_device(batch, self.device), cfg.overlap)
         loss, grads = ev.grad(s)
+        # As a DDP step would: one gradient for the union of all processes' shards, so every
+        # process forms the same virtual step and sees the same norm.
+        self.comm.mean_(grads)
+        loss = float(self.comm.mean(loss))
         gnorm = grad_norm(grads, self.p)
-        self._check_finite(step, loss=float(loss), grad_norm=float(gnorm))
-        record: dict = {"step": step, "loss": float(loss), "grad_norm": float(gnorm)}
+        self._check_finite(step, loss=loss, grad_norm=float(gnorm))
+        record: dict = {"step": step, "loss": loss, "grad_norm": float(gnorm)}
         if float(gnorm) > cfg.gamma:
             record["kind"] = "constraint"
             scale_grad = constraint_scale_gradient(ev, s, grads, gnorm, self.theta0_scaled, self.scaled_idx, cfg)
@@ -227,10 +245,12 @@ class _Run:
             lookahead, scale_grad = objective_scale_gradient(
                 ev, s_tilde, grads, gnorm, self.theta0_scaled, self.scaled_idx, cfg
             )
+            lookahead = float(self.comm.mean(torch.tensor(lookahead, device=self.device)))
             record["lookahead_loss"] = lookahead
             record["objective"] = lookahead / cfg.eta
             self._check_finite(step, lookahead_loss=lookahead)
         del grads
+        scale_grad = self.comm.mean(scale_grad)
         scale_grad = scale_grad.cpu()
         if not bool(torch.isfinite(scale_grad).all()):
             bad = [self.infos[self.scaled_idx[j]].name for j in torch.nonzero(~torch.isfinite(scale_grad)).flatten()]

@@ -3,7 +3,8 @@
 During GradInit a model must run deterministically in fp32 (dropout off, BatchNorm on batch
 statistics without touching its running statistics, no activation checkpointing, an
 attention kernel that supports the chosen Hessian-vector product), and afterwards it must
-be as it was in every respect but the rescaled weights. :class:`PreparedModel` records all
+be as it was in every respect but the rescaled weights. (The caller's RNG state is kept by
+:func:`seeded_rng`, around the whole run, data loading included.) :class:`PreparedModel` records all
 of it on entry and restores all of it on exit, whether the run succeeded or not.
 
 The trick that makes failure safe: every trainable tensor's storage is *swapped* for a
@@ -16,6 +17,7 @@ objects and their storage (which optimizers and DDP hold on to) stay the same.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -27,6 +29,19 @@ from .scales import ParamInfo, compute_dtype
 # transformers keeps its attention choice in config._attn_implementation; these two
 # run on torch ops that autograd can differentiate twice (SDPA on its math kernel).
 _DOUBLE_BACKWARD_ATTENTION = ("eager", "sdpa")
+
+
+def seeded_rng(device: torch.device, seed: int) -> contextlib.AbstractContextManager:
+    """torch's generators seeded with ``seed`` inside, the caller's states restored outside."""
+
+    @contextlib.contextmanager
+    def fork() -> Iterator[None]:
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+
+    return fork()
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -46,11 +61,10 @@ class PreparedModel(contextlib.AbstractContextManager):
     values before leaving to keep them; leaving without it discards every change.
     """
 
-    def __init__(self, model: nn.Module, params: list[ParamInfo], *, hvp: str, seed: int):
+    def __init__(self, model: nn.Module, params: list[ParamInfo], *, hvp: str):
         self.model = model
         self.params = params
         self.hvp = hvp
-        self.seed = seed
         self.theta0: list[torch.Tensor] = []
         self.original_dtypes: list[torch.dtype] = []
         self._final: dict[int, torch.Tensor] = {}
@@ -100,9 +114,6 @@ class PreparedModel(contextlib.AbstractContextManager):
 
         self._prepare_attention()
 
-        devices = [device.index or 0] if device.type == "cuda" else []
-        stack.enter_context(torch.random.fork_rng(devices=devices))
-        torch.manual_seed(self.seed)
         stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
         stack.enter_context(torch.enable_grad())
 

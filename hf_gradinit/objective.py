@@ -166,16 +166,19 @@ def hvp_finite_difference(
     return g_plus
 
 
-def hvp_exact(evaluator: LossEvaluator, batch: Batch, p: int) -> tuple[torch.Tensor, Tensors]:
-    """``(||g||_p, d||g||_p / dtheta)`` at the model's parameters by double backward.
+def hvp_exact(evaluator: LossEvaluator, batch: Batch, direction: Tensors) -> Tensors:
+    """``H v`` at the model's parameters by double backward: the gradient of ``<g, v>`` with
+    ``v`` held constant. With ``v = d||g||_p / dg`` that is ``d||g||_p / dtheta``.
 
-    The forward pass runs SDPA on its math kernel, the only one with a double backward.
+    ``v`` comes from outside (in a multi-process run, from the gradient averaged over all
+    processes), so each process contributes the product of its own shard's Hessian. The
+    forward pass runs SDPA on its math kernel, the only one with a double backward.
     """
     with _math_sdpa():
         _, grads = evaluator.grad(batch, create_graph=True)
-        gnorm = grad_norm(grads, p)
-        hv = torch.autograd.grad(gnorm, evaluator.params, materialize_grads=True)
-    return gnorm.detach(), [h.detach() for h in hv]
+        dot = sum(torch.vdot(g.reshape(-1), v.reshape(-1)) for g, v in zip(grads, direction, strict=True))
+        hv = torch.autograd.grad(dot, evaluator.params, materialize_grads=True)
+    return [h.detach() for h in hv]
 
 
 def objective_scale_gradient(
@@ -213,15 +216,14 @@ def constraint_scale_gradient(
 ) -> torch.Tensor:
     """Constraint step: ``d ||g||_p / d alpha`` on ``S``, with ``H v`` from ``config.hvp``.
 
-    ``grads`` is ``g`` on ``batch`` at the model's parameters; the list is emptied once used.
+    ``grads`` is ``g`` (averaged over processes in a multi-process run) and ``gnorm`` its
+    ``p``-norm; the list is emptied once used.
     """
-    p = config.norm_order
+    direction = norm_direction(grads, gnorm, config.norm_order)
+    grads.clear()
     if config.hvp == "exact":
-        grads.clear()
-        _, d_theta = hvp_exact(evaluator, batch, p)
+        d_theta = hvp_exact(evaluator, batch, direction)
     else:
-        direction = norm_direction(grads, gnorm, p)
-        grads.clear()
         theta = [q.detach() for q in evaluator.params]
         d_theta = hvp_finite_difference(evaluator, batch, theta, direction, config.fd_eps)
     return scale_gradients([d_theta[i] for i in scaled_idx], theta0)

@@ -129,9 +129,9 @@ def test_finite_difference_hvp_matches_exact_float32_marian():
     ev = LossEvaluator(model, [i.name for i in infos], [i.param for i in infos], None)
     batch = reversal_batches(1, batch_size=8, seed=3)[0]
     for p in (1, 2):
-        _, exact = hvp_exact(ev, batch, p)
         _, grads = ev.grad(batch)
         direction = norm_direction(grads, grad_norm(grads, p), p)
+        exact = hvp_exact(ev, batch, direction)
         approx = hvp_finite_difference(ev, batch, [q.detach() for q in ev.params], direction)
         theta = [q.detach() for q in ev.params]
         proj_exact = torch.stack([torch.vdot(a.flatten(), t.flatten()) for a, t in zip(exact, theta, strict=True)])
