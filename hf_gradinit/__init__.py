@@ -7,21 +7,59 @@ Usage::
     result = gradinit(model, train_batches, GradInitConfig(target="adam", eta=5e-4))
     print(result.summary())
     result.save("gradinit_scales.json")  # re-apply later with apply_scales(fresh_model, ...)
+
+With the 🤗 Trainer: ``GradInitCallback`` (custom code), ``make_model_init``
+(``Trainer(model_init=...)``), ``InitArguments`` + ``trainer_init_kwargs`` (``--model_init``
+in example scripts).
 """
+
+from typing import TYPE_CHECKING, Any
 
 from .config import GradInitConfig
 from .engine import gradinit
 from .errors import GradInitError
+from .initializers import available_initializers, get_initializer, register_initializer
 from .result import GradInitResult
 from .scales import apply_scales
 
 __version__ = "0.1.0"
 
+# The Trainer integration imports transformers' Trainer, which is slow to import: load it
+# on first use, so `import hf_gradinit` stays light for plain PyTorch users.
+_LAZY = {
+    "GradInitCallback": "trainer",
+    "InitializerCallback": "trainer",
+    "make_model_init": "trainer",
+    "InitArguments": "arguments",
+    "trainer_init_kwargs": "arguments",
+}
+
+if TYPE_CHECKING:
+    from .arguments import InitArguments, trainer_init_kwargs
+    from .trainer import GradInitCallback, InitializerCallback, make_model_init
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "GradInitCallback",
     "GradInitConfig",
     "GradInitError",
     "GradInitResult",
+    "InitArguments",
+    "InitializerCallback",
     "__version__",
     "apply_scales",
+    "available_initializers",
+    "get_initializer",
     "gradinit",
+    "make_model_init",
+    "register_initializer",
+    "trainer_init_kwargs",
 ]

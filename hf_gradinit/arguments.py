@@ -1,0 +1,184 @@
+"""``InitArguments``: ``--model_init`` and ``--gradinit_*`` options for Hugging Face example scripts.
+
+Add it to a script's ``HfArgumentParser`` and pass the parsed values to
+:func:`trainer_init_kwargs`; the script then needs three changed lines::
+
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments, InitArguments))
+    model_args, data_args, training_args, init_args = parser.parse_args_into_dataclasses()
+    ...
+    trainer = Seq2SeqTrainer(
+        args=training_args, train_dataset=train_dataset, data_collator=data_collator,
+        **trainer_init_kwargs(init_args, training_args, model=model),
+    )
+
+and ``python run_translation.py ... --model_init gradinit --gradinit_iters 200`` runs GradInit
+for the ``--learning_rate`` and ``--optim`` of the run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from transformers import TrainingArguments
+
+from .config import HVP_MODES, TARGETS, GradInitConfig
+from .data import Batch
+from .errors import GradInitError
+from .initializers import RegisteredNames, get_initializer
+from .trainer import InitializerCallback, _ShardedBatches, gradinit_batch_size, make_model_init
+
+SCALES_FILE_NAME = "init_scales.json"
+
+
+@dataclass
+class InitArguments:
+    """How to initialise the model before training. Every name is free in ``TrainingArguments``."""
+
+    model_init: str = field(
+        default="default",
+        metadata={
+            "help": "Initialiser run before training: 'default' keeps the model's own initialisation;"
+            " 'gradinit' learns per-tensor scales for one step of --optim at --learning_rate.",
+            "choices": RegisteredNames(),
+        },
+    )
+    gradinit_iters: int | None = field(
+        default=None, metadata={"help": "GradInit iterations (default: 390 for SGD, 780 for Adam)."}
+    )
+    gradinit_lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of the scales (default: 1e-2 SGD, 2.5e-3 Adam)."}
+    )
+    gradinit_eta: float | None = field(
+        default=None, metadata={"help": "Learning rate GradInit models (default: --learning_rate)."}
+    )
+    gradinit_target: str | None = field(
+        default=None,
+        metadata={"help": "Optimizer GradInit models (default: from --optim).", "choices": list(TARGETS)},
+    )
+    gradinit_gamma: float | None = field(
+        default=None,
+        metadata={"help": "Bound on the gradient norm (default: 1 for SGD's 2-norm, 1000 for Adam's 1-norm)."},
+    )
+    gradinit_normalize_step: bool | None = field(
+        default=None, metadata={"help": "SGD target only: model the normalised step g/|g| (default: yes)."}
+    )
+    gradinit_min_scale: float = field(default=0.01, metadata={"help": "Lower bound of weight scales."})
+    gradinit_max_scale: float | None = field(default=None, metadata={"help": "Upper bound of weight scales."})
+    gradinit_norm_max_scale: float | None = field(
+        default=100.0, metadata={"help": "Upper bound of normalisation-layer weight scales."}
+    )
+    gradinit_clip: float | None = field(
+        default=None, metadata={"help": "Per-scalar gradient clip of the scales, 0 for none (default: 1 SGD, 0 Adam)."}
+    )
+    gradinit_overlap: float = field(default=0.5, metadata={"help": "Fraction of samples the two minibatches share."})
+    gradinit_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Samples per GradInit batch, per device (default: 1.5x --per_device_train_batch_size)."},
+    )
+    gradinit_hvp: str = field(
+        default="finite_difference",
+        metadata={"help": "Hessian-vector products of constraint steps.", "choices": list(HVP_MODES)},
+    )
+    gradinit_seed: int = field(default=0, metadata={"help": "Seed of the GradInit run."})
+    init_scales_file: str | None = field(
+        default=None, metadata={"help": "Re-apply an initialisation saved earlier (JSON) instead of learning one."}
+    )
+    save_init_scales: bool = field(
+        default=False, metadata={"help": f"Save the learned initialisation to <output_dir>/{SCALES_FILE_NAME}."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.init_scales_file is not None and not os.path.isfile(self.init_scales_file):
+            raise ValueError(f"--init_scales_file {self.init_scales_file}: no such file.")
+
+    def gradinit_config(self) -> GradInitConfig:
+        """The ``GradInitConfig`` these options describe (eta and target may stay unset: the
+        Trainer integration fills them from ``TrainingArguments``)."""
+        return GradInitConfig(
+            target=self.gradinit_target,  # type: ignore[arg-type]
+            eta=self.gradinit_eta,
+            normalize_step=self.gradinit_normalize_step,
+            gamma=self.gradinit_gamma,
+            iters=self.gradinit_iters,
+            lr=self.gradinit_lr,
+            clip=self.gradinit_clip,
+            min_scale=self.gradinit_min_scale,
+            max_scale=self.gradinit_max_scale,
+            norm_max_scale=self.gradinit_norm_max_scale,
+            overlap=self.gradinit_overlap,
+            hvp=self.gradinit_hvp,  # type: ignore[arg-type]
+            seed=self.gradinit_seed,
+        )
+
+    def initializer_config(self) -> Any:
+        spec = get_initializer(self.model_init)
+        if spec.config_class is GradInitConfig:
+            return self.gradinit_config()
+        return spec.config_class() if spec.config_class is not None else None
+
+    def save_path(self, training_args: TrainingArguments) -> str | None:
+        return os.path.join(training_args.output_dir, SCALES_FILE_NAME) if self.save_init_scales else None
+
+
+def trainer_init_kwargs(
+    init_args: InitArguments,
+    training_args: TrainingArguments,
+    *,
+    model: nn.Module | None = None,
+    model_builder: Callable[..., nn.Module] | None = None,
+    train_dataset: Any = None,
+    data_collator: Callable | None = None,
+    data: Iterable[Batch] | Callable[[], Iterable[Batch]] | None = None,
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``Trainer(...)`` that run the chosen initialiser.
+
+    With ``model`` it returns ``{"model": model, "callbacks": [...]}``: the callback route,
+    on the Trainer's own training data. With ``model_builder`` (required under DeepSpeed or
+    FSDP) it returns ``{"model_init": ...}``, learning once on ``data`` or on batches of
+    ``train_dataset`` + ``data_collator``. ``callbacks`` are your own callbacks, kept.
+    """
+    callbacks = list(callbacks or [])
+    config = init_args.initializer_config()
+    sharded = bool(getattr(training_args, "deepspeed", None) or getattr(training_args, "fsdp", None))
+    if (model is None) == (model_builder is None):
+        raise ValueError("Pass exactly one of model= (callback route) or model_builder= (model_init route).")
+    if model is not None:
+        if sharded and init_args.model_init != "default":
+            raise GradInitError(
+                "Under DeepSpeed or FSDP the model must be initialised before wrapping: pass"
+                " model_builder= (a function returning a fresh model) instead of model=."
+            )
+        if init_args.model_init != "default":
+            callbacks.append(
+                InitializerCallback(
+                    init_args.model_init,
+                    config,
+                    batch_size=init_args.gradinit_batch_size,
+                    save_path=init_args.save_path(training_args),
+                    result_file=init_args.init_scales_file,
+                )
+            )
+        return {"model": model, "callbacks": callbacks}
+    if data is None and train_dataset is not None:
+        data = _ShardedBatches(
+            train_dataset,
+            data_collator,
+            gradinit_batch_size(training_args, init_args.gradinit_batch_size),
+            seed=training_args.seed,
+            shard=False,  # model_init runs before wrapping: every process initialises alike
+        )
+    model_init = make_model_init(
+        model_builder,
+        data,
+        config,
+        initializer=init_args.model_init,
+        training_args=training_args,
+        result_file=init_args.init_scales_file,
+        save_path=init_args.save_path(training_args),
+    )
+    return {"model_init": model_init, "callbacks": callbacks}

@@ -1,0 +1,71 @@
+"""Two real processes (torchrun, gloo, CPU): GradInit under DDP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_marian
+from test_trainer import reversal_dataset
+from transformers import default_data_collator
+
+from hf_gradinit import GradInitConfig, gradinit
+
+WORKER = Path(__file__).parent / "scripts" / "ddp_worker.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_both_ranks_ran_ddp_and_hold_identical_weights(ranks):
+    r0, r1 = ranks
+    assert r0["world"] == r1["world"] == 2 and r0["wrapped"] == "DistributedDataParallel"
+    kinds = {h["kind"] for h in r0["history"]}
+    assert kinds == {"constraint", "objective"}, kinds  # both kinds of step were exercised
+    assert r0["scales"] == r1["scales"]
+    for stage in ("after_init", "after_step"):
+        for name, value in r0[stage].items():
+            assert torch.equal(value, r1[stage][name]), f"{stage}: {name} differs between ranks"
+    moved = [n for n, a in r0["scales"].items() if a != 1.0]
+    assert moved
+
+
+def test_scales_match_single_process_run_over_the_union_of_shards(ranks):
+    """Rebuild each iteration's union of the two ranks' batches from the documented sharding
+    (one seeded permutation, rank r takes order[r::2]), run GradInit in one process on it."""
+    dataset = reversal_dataset()
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
+    shards = [order[r::2] for r in range(2)]
+    batches = [
+        default_data_collator([dataset[i] for i in shards[0][6 * k : 6 * k + 6] + shards[1][6 * k : 6 * k + 6]])
+        for k in range(4)
+    ]
+    config = GradInitConfig.from_dict(ranks[0]["config"])
+    reference = gradinit(tiny_marian(seed=0), batches, config)
+    assert [h["kind"] for h in reference.history] == [h["kind"] for h in ranks[0]["history"]]
+    for h, g in zip(reference.history, ranks[0]["history"], strict=True):
+        assert g["grad_norm"] == pytest.approx(h["grad_norm"], rel=1e-5)
+    # Same maths; only the order of floating-point sums differs (a mean of two shard means).
+    for name, a in reference.scales.items():
+        assert ranks[0]["scales"][name] == pytest.approx(a, rel=1e-5, abs=1e-6), name

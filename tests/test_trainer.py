@@ -1,0 +1,341 @@
+"""The 🤗 Trainer integration: callback, model_init, command-line arguments."""
+
+from __future__ import annotations
+
+import copy
+import glob
+import warnings
+
+import pytest
+import torch
+from conftest import SmallCNN, reversal_batches, tiny_marian
+from torch.utils.data import Dataset
+from transformers import (
+    HfArgumentParser,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from hf_gradinit import (
+    GradInitCallback,
+    GradInitConfig,
+    GradInitError,
+    GradInitResult,
+    InitArguments,
+    apply_scales,
+    make_model_init,
+    trainer_init_kwargs,
+)
+from hf_gradinit.trainer import target_for_optim
+
+
+class ListDataset(Dataset):
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def reversal_dataset(n_batches: int = 8, seed: int = 0) -> ListDataset:
+    """Single examples of the reversal task (fixed length, so the default collator stacks them)."""
+    from transformers.models.marian.modeling_marian import shift_tokens_right
+
+    rows = []
+    for batch in reversal_batches(n_batches, batch_size=6, seed=seed):
+        # As DataCollatorForSeq2Seq(model=...) does: the Trainer pops labels when it smooths them.
+        batch["decoder_input_ids"] = shift_tokens_right(batch["labels"], 0, 0)
+        for i in range(6):
+            rows.append({k: v[i] for k, v in batch.items()})
+    return ListDataset(rows)
+
+
+def image_dataset(n: int = 48) -> ListDataset:
+    g = torch.Generator().manual_seed(0)
+    return ListDataset(
+        [
+            {"pixel_values": torch.randn(3, 8, 8, generator=g), "labels": int(torch.randint(0, 4, (1,), generator=g))}
+            for _ in range(n)
+        ]
+    )
+
+
+def training_args(tmp_path, cls=Seq2SeqTrainingArguments, **kwargs) -> TrainingArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=6,
+        learning_rate=5e-3,
+        max_steps=3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    defaults.update(kwargs)
+    return cls(**defaults)
+
+
+class WeightsAtStart(TrainerCallback):
+    """Records the weights at on_train_begin, after the callbacks before it ran."""
+
+    def __init__(self):
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def quick(**kwargs) -> GradInitConfig:
+    kwargs.setdefault("iters", 4)
+    kwargs.setdefault("show_progress", False)
+    return GradInitConfig(**kwargs)
+
+
+# --- the callback --------------------------------------------------------------------------
+def test_seq2seq_trainer_with_callback(tmp_path):
+    model = tiny_marian(seed=0)
+    initial = copy.deepcopy(model)
+    callback = GradInitCallback(quick(lr=5e-2, gamma=1e6))
+    probe = WeightsAtStart()
+    args = training_args(tmp_path, optim="adamw_torch")
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=reversal_dataset(), callbacks=[callback, probe])
+    trainer.train()
+
+    result = callback.result
+    assert isinstance(result, GradInitResult) and result.iterations == 4
+    # GradInit modelled the optimizer the run trains with.
+    assert result.config["eta"] == 5e-3 and result.config["target"] == "adamw"
+    # At step 0 the weights are exactly the initial weights rescaled as the result says.
+    apply_scales(initial, result)
+    for name, value in initial.named_parameters():
+        assert torch.equal(probe.weights[name], value.detach()), name
+    assert any(result.scales[n] != 1.0 for n in result.scales)
+    # Metrics landed in log_history, and training went on.
+    logged = [h for h in trainer.state.log_history if "gradinit/iterations" in h]
+    assert len(logged) == 1 and logged[0]["gradinit/iterations"] == 4.0
+    assert {"gradinit/final_grad_norm", "gradinit/scale_weight_mean", "gradinit/seconds"} <= set(logged[0])
+    assert trainer.state.global_step == 3
+    assert sum("loss" in h for h in trainer.state.log_history) >= 3
+
+
+class DoubledLossTrainer(Seq2SeqTrainer):
+    """A Trainer subclass with its own training loss (as label smoothing or a custom
+    compute_loss would give)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return 2.0 * super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def test_callback_models_the_trainers_own_loss(tmp_path):
+    losses = {}
+    for cls in (Seq2SeqTrainer, DoubledLossTrainer):
+        callback = GradInitCallback(quick(iters=1, gamma=1e6))
+        args = training_args(tmp_path, max_steps=1, label_smoothing_factor=0.1)
+        cls(model=tiny_marian(seed=1), args=args, train_dataset=reversal_dataset(), callbacks=[callback]).train()
+        losses[cls] = callback.result.history[0]["loss"]
+    assert losses[DoubledLossTrainer] == pytest.approx(2 * losses[Seq2SeqTrainer], rel=1e-6)
+
+
+def test_callback_reaches_tensorboard(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    args = training_args(tmp_path, report_to=["tensorboard"], max_steps=1)
+    Seq2SeqTrainer(
+        model=tiny_marian(seed=2), args=args, train_dataset=reversal_dataset(), callbacks=[GradInitCallback(quick())]
+    ).train()
+    events = glob.glob(str(tmp_path / "tb" / "**" / "events.out.tfevents.*"), recursive=True)
+    assert events
+    tags = set()
+    for path in events:
+        acc = EventAccumulator(path)
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert "train/gradinit/iterations" in tags or "gradinit/iterations" in tags, tags
+
+
+def test_callback_not_run_again_on_resume(tmp_path):
+    args = training_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    first = GradInitCallback(quick())
+    Seq2SeqTrainer(model=tiny_marian(seed=3), args=args, train_dataset=reversal_dataset(), callbacks=[first]).train()
+    assert first.result is not None
+    checkpoint = glob.glob(str(tmp_path / "out" / "checkpoint-*"))[0]
+    resumed = GradInitCallback(quick())
+    args = training_args(tmp_path, max_steps=3, save_strategy="no")
+    trainer = Seq2SeqTrainer(
+        model=tiny_marian(seed=3), args=args, train_dataset=reversal_dataset(), callbacks=[resumed]
+    )
+    trainer.train(resume_from_checkpoint=checkpoint)
+    assert resumed.result is None and trainer.state.global_step == 3
+
+
+def test_callback_once_per_model_even_if_train_called_twice(tmp_path):
+    callback = GradInitCallback(quick())
+    trainer = Seq2SeqTrainer(
+        model=tiny_marian(seed=4),
+        args=training_args(tmp_path, max_steps=1),
+        train_dataset=reversal_dataset(),
+        callbacks=[callback],
+    )
+    trainer.train()
+    first = callback.result
+    trainer.train()
+    assert callback.result is first
+
+
+def test_plain_cnn_module_with_trainer(tmp_path):
+    """The integration is not tied to transformer models."""
+    torch.manual_seed(0)
+    callback = GradInitCallback(quick(gamma=1e6))
+    args = training_args(tmp_path, cls=TrainingArguments, optim="sgd", learning_rate=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = Trainer(model=SmallCNN(), args=args, train_dataset=image_dataset(), callbacks=[callback])
+        trainer.train()
+    assert callback.result.config["target"] == "sgd" and callback.result.config["eta"] == 0.1
+    assert callback.result.config["normalize_step"] is True  # the paper's CNN recipe
+    assert trainer.state.global_step == 3
+
+
+def test_callback_refuses_deepspeed_and_fsdp(tmp_path):
+    from hf_gradinit.trainer import _refuse_sharded
+
+    args = training_args(tmp_path)
+    args.fsdp = ["full_shard"]
+    with pytest.raises(GradInitError, match="model_init"):
+        _refuse_sharded(args, torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(
+    ("optim", "target"),
+    [
+        ("adamw_torch", "adamw"),
+        ("adamw_torch_fused", "adamw"),
+        ("sgd", "sgd"),
+        ("lion_32bit", "adamw"),
+        ("adagrad", "adam"),
+        ("adafactor", None),
+    ],
+)
+def test_target_for_optim(optim, target):
+    assert target_for_optim(optim) == target
+
+
+def test_unmodelled_optimizer_asks_for_a_target(tmp_path):
+    from hf_gradinit.trainer import config_for_training
+
+    with pytest.raises(GradInitError, match="adafactor"):
+        config_for_training(GradInitConfig(), training_args(tmp_path, optim="adafactor"))
+    assert (
+        config_for_training(GradInitConfig(target="adam"), training_args(tmp_path, optim="adafactor")).target == "adam"
+    )
+
+
+# --- model_init ----------------------------------------------------------------------------
+def test_model_init_computes_once_and_reapplies(tmp_path):
+    args = training_args(tmp_path, max_steps=1)
+    builds = []
+
+    def build():
+        builds.append(1)
+        return tiny_marian(seed=5)  # the Trainer seeds before calling; this builder seeds itself
+
+    model_init = make_model_init(build, reversal_batches(4, seed=5), quick(), training_args=args)
+    probe = WeightsAtStart()
+    trainer = Seq2SeqTrainer(model_init=model_init, args=args, train_dataset=reversal_dataset(), callbacks=[probe])
+    after_init = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert len(builds) == 2 and model_init.computed == 1
+    assert after_init.keys() == probe.weights.keys()
+    assert all(torch.equal(after_init[n], probe.weights[n]) for n in after_init)
+    assert any(not torch.equal(after_init[n], p.detach()) for n, p in tiny_marian(seed=5).named_parameters())
+
+    # A hyperparameter trial that changes the learning rate gets its own GradInit; the same
+    # trial again does not.
+    trial_model = model_init({"learning_rate": 1e-2})
+    assert model_init.computed == 2
+    again = model_init({"learning_rate": 1e-2})
+    assert model_init.computed == 2
+    for (n, p), q in zip(trial_model.named_parameters(), again.parameters(), strict=True):
+        assert torch.equal(p, q), n
+    model_init({"learning_rate": 5e-3})
+    assert model_init.computed == 2  # the run's own settings, computed first
+
+
+def test_model_init_needs_data_and_learning_rate():
+    with pytest.raises(GradInitError, match="needs data"):
+        make_model_init(lambda: tiny_marian(), None)
+    with pytest.raises(GradInitError, match="learning rate"):
+        make_model_init(lambda: tiny_marian(), reversal_batches(2), quick())()
+
+
+# --- command-line arguments ----------------------------------------------------------------
+def parse(tmp_path, *argv: str):
+    parser = HfArgumentParser((Seq2SeqTrainingArguments, InitArguments))
+    return parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--use_cpu", "true", *argv])
+
+
+def test_parse_gradinit_arguments(tmp_path):
+    args, init = parse(
+        tmp_path,
+        "--model_init", "gradinit", "--gradinit_iters", "5", "--gradinit_lr", "0.02", "--gradinit_gamma", "300",
+        "--gradinit_hvp", "exact", "--gradinit_target", "sgd", "--gradinit_min_scale", "0.05",
+        "--gradinit_batch_size", "9", "--save_init_scales", "true",
+    )  # fmt: skip
+    config = init.gradinit_config()
+    assert (init.model_init, config.iters, config.lr, config.gamma, config.hvp) == ("gradinit", 5, 0.02, 300.0, "exact")
+    assert (config.target, config.min_scale, config.eta) == ("sgd", 0.05, None)
+    assert init.gradinit_batch_size == 9 and init.save_path(args).endswith("init_scales.json")
+
+
+def test_parse_rejects_unknown_initialiser_with_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse(tmp_path, "--model_init", "nope")
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nope'" in err and "gradinit" in err and "default" in err
+
+
+def test_trainer_init_kwargs_routes(tmp_path):
+    args, init = parse(tmp_path, "--model_init", "gradinit", "--gradinit_iters", "2")
+    model = tiny_marian(seed=6)
+    kwargs = trainer_init_kwargs(init, args, model=model, callbacks=["mine"])
+    assert kwargs["model"] is model and kwargs["callbacks"][0] == "mine"
+    assert isinstance(kwargs["callbacks"][1], GradInitCallback.__mro__[1])
+    kwargs = trainer_init_kwargs(
+        init, args, model_builder=lambda: tiny_marian(seed=6), train_dataset=reversal_dataset()
+    )
+    assert set(kwargs) == {"model_init", "callbacks"}
+    _, default = parse(tmp_path)
+    assert trainer_init_kwargs(default, args, model=model)["callbacks"] == []
+
+
+def test_script_lines_from_the_readme_end_to_end(tmp_path):
+    """--model_init gradinit through parsed arguments, save and re-load of the scales."""
+    args, init = parse(
+        tmp_path, "--model_init", "gradinit", "--gradinit_iters", "3", "--save_init_scales", "true",
+        "--max_steps", "1", "--per_device_train_batch_size", "6", "--report_to", "none", "--learning_rate", "1e-3",
+    )  # fmt: skip
+    trainer = Seq2SeqTrainer(
+        args=args, train_dataset=reversal_dataset(), **trainer_init_kwargs(init, args, model=tiny_marian(seed=7))
+    )
+    trainer.train()
+    saved = GradInitResult.load(tmp_path / "init_scales.json")
+    assert saved.iterations == 3 and saved.config["eta"] == 1e-3
+    _, reuse = parse(tmp_path, "--model_init", "gradinit", "--init_scales_file", str(tmp_path / "init_scales.json"))
+    probe = WeightsAtStart()
+    kwargs = trainer_init_kwargs(reuse, args, model=tiny_marian(seed=7), callbacks=[])
+    kwargs["callbacks"].append(probe)
+    Seq2SeqTrainer(args=args, train_dataset=reversal_dataset(), **kwargs).train()
+    expected = apply_scales(tiny_marian(seed=7), saved)
+    for n, p in expected.named_parameters():
+        assert torch.equal(probe.weights[n], p.detach()), n
