@@ -263,6 +263,8 @@ class _Run:
         with torch.no_grad():
             torch._foreach_copy_(self.working_scaled, self.theta0_scaled)
             torch._foreach_mul_(self.working_scaled, alpha.tolist())
+        if self.device.type == "cuda":  # kernels run asynchronously: charge them to this iteration
+            torch.cuda.synchronize(self.device)
         record["seconds"] = time.perf_counter() - started
         self.history.append(record)
         return record
