@@ -133,3 +133,7 @@ register_initializer(
     reapply=lambda model, result: result.apply(model),
     description="GradInit (Zhu et al., 2021): learned per-tensor scales for one step of your optimizer",
 )(gradinit)
+
+
+# Registers the fixed schemes; at the bottom because they use register_initializer.
+from . import schemes  # noqa: E402, F401
