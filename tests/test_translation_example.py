@@ -1,0 +1,125 @@
+"""examples/translation/run_translation.py end to end, on tiny settings (CPU, seconds each)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("datasets")
+pytest.importorskip("sacrebleu")
+pytest.importorskip("tokenizers")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples" / "translation"))
+DATA = Path(os.environ.get("HF_GRADINIT_DATA", REPO.parent / "shared" / "data"))
+
+import run_translation  # noqa: E402
+
+TINY = [
+    "--config_overrides", "d_model=32,encoder_layers=1,decoder_layers=1,encoder_ffn_dim=64,decoder_ffn_dim=64",
+    "--vocab_size", "300", "--max_steps", "4", "--per_device_train_batch_size", "16", "--generation_num_beams", "2",
+    "--generation_max_length", "24", "--max_eval_samples", "12", "--max_predict_samples", "12",
+    "--disable_tqdm", "true", "--logging_steps", "1", "--gradinit_iters", "3",
+]  # fmt: skip
+
+
+def run(tmp_path, *argv: str) -> dict:
+    return run_translation.main(["--output_dir", str(tmp_path / "out"), *TINY, *argv])
+
+
+@pytest.mark.parametrize("init", ["default", "gradinit"])
+def test_builtin_data_end_to_end(init, tmp_path):
+    results = run(tmp_path, "--model_init", init, "--builtin_train_size", "200")
+    assert results["model_init"] == init
+    assert 0.0 <= results["eval_bleu"] <= 100.0 and 0.0 <= results["predict_bleu"] <= 100.0
+    saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert saved["predict_bleu"] == results["predict_bleu"] and saved["machine"]
+    if init == "gradinit":
+        assert 0 < results["init_fraction_of_train_runtime"]
+        assert any(
+            "gradinit/iterations" in h
+            for h in json.loads((tmp_path / "out" / "trainer_state.json").read_text())["log_history"]
+        )
+    else:
+        assert "init_seconds" not in results
+    # The saved model and tokenizer reload with from_pretrained and translate.
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    model = AutoModelForSeq2SeqLM.from_pretrained(tmp_path / "out")
+    inputs = tokenizer(["Ich habe drei Äpfel."], return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=5, num_beams=1)
+    assert isinstance(tokenizer.batch_decode(out, skip_special_tokens=True)[0], str)
+    assert tokenizer.decode(tokenizer("Am dritten Mai").input_ids, skip_special_tokens=True) == "Am dritten Mai"
+
+
+def test_json_lines_and_xavier_base(tmp_path):
+    sys.path.insert(0, str(REPO / "examples" / "translation"))
+    from builtin_data import builtin_pairs
+
+    for name, seed in (("train", 0), ("dev", 1)):
+        with open(tmp_path / f"{name}.json", "w") as f:
+            for row in builtin_pairs(120, seed):
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    results = run(
+        tmp_path, "--train_file", str(tmp_path / "train.json"), "--validation_file", str(tmp_path / "dev.json"),
+        "--do_predict", "false", "--base_init", "xavier",
+    )  # fmt: skip
+    assert results["base_init"] == "xavier" and "eval_bleu" in results and "predict_bleu" not in results
+
+
+@pytest.mark.skipif(not (DATA / "multi30k" / "raw" / "train.de").exists(), reason=f"Multi30k not found under {DATA}")
+def test_multi30k_slice_with_gradinit(tmp_path):
+    results = run(
+        tmp_path, "--data_dir", str(DATA / "multi30k" / "raw"), "--validation_split", "val",
+        "--test_split", "test_2016_flickr", "--max_train_samples", "300", "--model_init", "gradinit",
+    )  # fmt: skip
+    assert "predict_bleu" in results and results["train_loss"] > 0
+
+
+@pytest.mark.skipif(
+    not (DATA / "iwslt14_valid_test" / "tok" / "valid.de").exists(), reason=f"IWSLT'14 not found under {DATA}"
+)
+def test_iwslt_tokenised_bleu(tmp_path):
+    """The IWSLT'14 valid/test files work through --data_dir (here valid doubles as training text)."""
+    results = run(
+        tmp_path, "--data_dir", str(DATA / "iwslt14_valid_test" / "tok"), "--train_split", "valid",
+        "--validation_split", "test", "--do_predict", "false", "--max_train_samples", "300", "--bleu_tokenize", "none",
+    )  # fmt: skip
+    assert "eval_bleu" in results
+
+
+def _fails(tmp_path, capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        run(tmp_path, *argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_arguments_exit_with_clear_messages(tmp_path, capsys):
+    with open(tmp_path / "fr.json", "w") as f:
+        f.write(json.dumps({"translation": {"fr": "bonjour", "en": "hello"}}) + "\n")
+    err = _fails(tmp_path, capsys, "--train_file", str(tmp_path / "fr.json"))
+    assert "not the pair --source_lang de --target_lang en" in err and "['en', 'fr']" in err
+
+    err = _fails(tmp_path, capsys, "--config_name", str(tmp_path / "nope.json"))
+    assert "not a shipped config" in err and "transformer_iwslt_de_en" in err
+
+    err = _fails(tmp_path, capsys, "--train_file", str(tmp_path / "missing.json"))
+    assert "no such file" in err
+
+    (tmp_path / "bad.json").write_bytes(b"\xff\xfe not json\n")
+    err = _fails(tmp_path, capsys, "--train_file", str(tmp_path / "bad.json"))
+    assert "Cannot read" in err
+
+    (tmp_path / "pair").mkdir()
+    (tmp_path / "pair" / "train.de").write_text("eins\nzwei\n")
+    err = _fails(tmp_path, capsys, "--data_dir", str(tmp_path / "pair"))
+    assert "train.en is missing" in err
+
+    err = _fails(tmp_path, capsys, "--model_init", "nope")
+    assert "invalid choice: 'nope'" in err
