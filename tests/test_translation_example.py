@@ -123,3 +123,37 @@ def test_bad_arguments_exit_with_clear_messages(tmp_path, capsys):
 
     err = _fails(tmp_path, capsys, "--model_init", "nope")
     assert "invalid choice: 'nope'" in err
+
+
+def test_no_warmup_sweep_runs_resumes_and_reports(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import no_warmup
+
+    argv = [
+        "--out", str(tmp_path / "sweep"), "--variants", "default+warmup", "xavier/gradinit", "--adam_lrs", "1e-3",
+        "--sgd_lrs", "0.1", "--momenta", "0.9", "--seeds", "0", "--warmup", "2", "--logging_steps", "1",
+        "--", *TINY, "--builtin_train_size", "120", "--do_predict", "false",
+    ]  # fmt: skip
+    records = no_warmup.main(argv)
+    assert len(records) == 4 and all(r["returncode"] == 0 for r in records), [r.get("returncode") for r in records]
+    by_key = {r["key"]: r for r in records}
+    warm = by_key["default+warmup_adam_lr0.001_s0"]
+    assert warm["warmup"] == 2 and warm["model_init"] == "default" and "--warmup_steps 2" in warm["command"]
+    sgd = by_key["xavier-gradinit_sgd_lr0.1_m0.9_s0"]
+    assert sgd["base_init"] == "xavier" and "momentum=0.9" in sgd["command"] and sgd["init_seconds"] > 0
+    assert all(r["loss_curve"] and "eval_bleu" in r for r in records)
+    table = (tmp_path / "sweep" / "results.md").read_text()
+    assert "sgd (momentum 0.9)" in table and "xavier/gradinit" in table
+    assert (tmp_path / "sweep" / "bleu_vs_lr.png").stat().st_size > 0
+    assert (tmp_path / "sweep" / "loss_curves.png").stat().st_size > 0
+    capsys.readouterr()
+    again = no_warmup.main(argv)  # resumes: nothing left to run
+    assert len(again) == 4 and "4 runs already done, 0 to go" in capsys.readouterr().out
+
+
+def test_no_warmup_rejects_unknown_variant(tmp_path, capsys):
+    import no_warmup
+
+    with pytest.raises(SystemExit):
+        no_warmup.main(["--out", str(tmp_path), "--variants", "magic"])
+    assert "INIT must be one of" in capsys.readouterr().err

@@ -1,0 +1,271 @@
+#!/usr/bin/env python
+"""The paper's no-warmup comparison in one harness and one recipe: initialisations x learning
+rates (Adam) x learning rates and momenta (SGD) x seeds, each a ``run_translation.py`` run.
+
+A variant is written ``[BASE/]INIT[+warmup]``: ``BASE`` is ``--base_init`` (``model``, the
+default: transformers' N(0, 0.02); or ``xavier``: fairseq's scheme), ``INIT`` is
+``--model_init`` (any registered initialiser), ``+warmup`` adds ``--warmup`` steps of linear
+warmup. The default variants are ``default+warmup``, ``default``, ``gradinit`` and every
+other registered initialiser, all without warmup unless marked.
+
+Every finished run is appended to ``results.jsonl`` in ``--out``; running the same command
+again skips them (a half-done sweep resumes). Then ``results.md`` (mean +- std over seeds)
+and ``bleu_vs_lr.png`` / ``loss_curves.png`` are written from everything in the file.
+
+    python examples/translation/no_warmup.py --out runs/no_warmup \\
+        --data_dir ../shared/data/multi30k/raw --validation_split val --test_split test_2016_flickr \\
+        --adam_lrs 1e-3 5e-3 --seeds 0 1 --warmup 400 -- --max_steps 3000 --config_name post_ln_small
+
+Arguments after ``--`` go to every ``run_translation.py`` run unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+
+@dataclass(frozen=True)
+class Run:
+    variant: str
+    optim: str
+    lr: float
+    momentum: float | None
+    seed: int
+
+    @property
+    def key(self) -> str:
+        m = "" if self.momentum is None else f"_m{self.momentum:g}"
+        return f"{self.variant.replace('/', '-')}_{self.optim}_lr{self.lr:g}{m}_s{self.seed}"
+
+    def parts(self) -> tuple[str, str, bool]:
+        name, warmup = (
+            (self.variant[: -len("+warmup")], True) if self.variant.endswith("+warmup") else (self.variant, False)
+        )
+        base, init = name.split("/", 1) if "/" in name else ("model", name)
+        return base, init, warmup
+
+
+def default_variants() -> list[str]:
+    from hf_gradinit import available_initializers
+
+    others = [n for n in available_initializers() if n not in ("default", "gradinit")]
+    return ["default+warmup", "default", "gradinit", *others]
+
+
+def plan(args: argparse.Namespace) -> list[Run]:
+    runs = []
+    for variant in args.variants:
+        for seed in args.seeds:
+            runs += [Run(variant, "adam", lr, None, seed) for lr in args.adam_lrs]
+            runs += [Run(variant, "sgd", lr, m, seed) for lr in args.sgd_lrs for m in args.momenta]
+    return runs
+
+
+def command(run: Run, args: argparse.Namespace, out_dir: Path) -> list[str]:
+    base, init, warmup = run.parts()
+    cmd = [
+        sys.executable, str(HERE / "run_translation.py"),
+        "--output_dir", str(out_dir), "--seed", str(run.seed), "--learning_rate", f"{run.lr:g}",
+        "--base_init", base, "--model_init", init, "--warmup_steps", str(args.warmup if warmup else 0),
+        "--disable_tqdm", "true", "--logging_steps", str(args.logging_steps),
+    ]  # fmt: skip
+    if run.optim == "sgd":
+        cmd += ["--optim", "sgd", "--optim_args", f"momentum={run.momentum:g}"]
+    else:
+        cmd += ["--optim", "adamw_torch"]
+    return cmd + list(args.run_args)
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:
+    out_dir = args.out / "runs" / run.key
+    cmd = command(run, args, out_dir)
+    started = time.time()
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with open(args.out / "logs" / f"{run.key}.log", "w") as log:
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+    record: dict[str, Any] = {
+        **asdict(run),
+        "key": run.key,
+        "command": " ".join(cmd[1:]),
+        "returncode": proc.returncode,
+    }
+    record["wall_time_s"] = time.time() - started
+    results_file = out_dir / "all_results.json"
+    if proc.returncode == 0 and results_file.exists():
+        metrics = json.loads(results_file.read_text())
+        kept = (
+            "eval_bleu",
+            "predict_bleu",
+            "train_loss",
+            "eval_loss",
+            "init_seconds",
+            "init_fraction_of_train_runtime",
+        )
+        record.update({k: metrics.get(k) for k in (*kept, "machine")})
+        state_file = out_dir / "trainer_state.json"
+        history = json.loads(state_file.read_text())["log_history"] if state_file.exists() else []
+        record["loss_curve"] = [[h["step"], h["loss"]] for h in history if "loss" in h and "step" in h]
+    base, init, warmup = run.parts()
+    record.update(base_init=base, model_init=init, warmup=args.warmup if warmup else 0)
+    return record
+
+
+def bleu_of(record: dict[str, Any]) -> float:
+    value = record.get("predict_bleu", record.get("eval_bleu"))
+    return float("nan") if value is None else float(value)
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "failed"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def write_table(records: list[dict[str, Any]], path: Path) -> None:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["optim"], r["momentum"], r["lr"], r["variant"])].append(r)
+    settings = sorted({(o, m, lr) for o, m, lr, _ in groups}, key=lambda s: (s[0], s[1] or 0, s[2]))
+    variants = list(dict.fromkeys(r["variant"] for r in records))
+    lines = [
+        "BLEU on the test split (validation if none), mean ± std over seeds; final training loss in brackets.",
+        "",
+        "| optimizer | lr | " + " | ".join(variants) + " |",
+        "|---|---|" + "---|" * len(variants),
+    ]
+    for optim, momentum, lr in settings:
+        label = optim if momentum is None else f"sgd (momentum {momentum:g})"
+        cells = []
+        for v in variants:
+            rs = groups.get((optim, momentum, lr, v), [])
+            if not rs:
+                cells.append("")
+                continue
+            losses = [r["loss_curve"][-1][1] for r in rs if r.get("loss_curve")]
+            loss = f" [{statistics.fmean(losses):.2f}]" if losses else ""
+            cells.append(f"{_mean_std([bleu_of(r) for r in rs])}{loss} (n={len(rs)})")
+        lines.append(f"| {label} | {lr:g} | " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plots(records: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    optims = sorted({(r["optim"], r["momentum"]) for r in records}, key=lambda s: (s[0], s[1] or 0))
+    fig, axes = plt.subplots(1, len(optims), figsize=(5.5 * len(optims), 4), squeeze=False)
+    for ax, (optim, momentum) in zip(axes[0], optims, strict=True):
+        for variant in dict.fromkeys(r["variant"] for r in records):
+            rs = [r for r in records if r["variant"] == variant and r["optim"] == optim and r["momentum"] == momentum]
+            lrs = sorted({r["lr"] for r in rs})
+            means = [
+                statistics.fmean([bleu_of(r) if not math.isnan(bleu_of(r)) else 0.0 for r in rs if r["lr"] == lr])
+                for lr in lrs
+            ]
+            ax.plot(lrs, means, marker="o", label=variant)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("BLEU")
+        ax.set_title(optim if momentum is None else f"SGD, momentum {momentum:g}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "bleu_vs_lr.png", dpi=120)
+    plt.close(fig)
+
+    settings = sorted({(r["optim"], r["momentum"], r["lr"]) for r in records}, key=lambda s: (s[0], s[1] or 0, s[2]))
+    fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.8), squeeze=False)
+    for ax, (optim, momentum, lr) in zip(axes[0], settings, strict=True):
+        for i, variant in enumerate(dict.fromkeys(r["variant"] for r in records)):
+            for j, r in enumerate(
+                r
+                for r in records
+                if (r["variant"], r["optim"], r["momentum"], r["lr"]) == (variant, optim, momentum, lr)
+            ):
+                if r.get("loss_curve"):
+                    steps, losses = zip(*r["loss_curve"], strict=True)
+                    ax.plot(steps, losses, color=f"C{i}", alpha=0.8, label=variant if j == 0 else None)
+        ax.set_title(f"{optim}{'' if momentum is None else f' m={momentum:g}'} lr {lr:g}")
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "loss_curves.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, results.md, plots, runs")
+    parser.add_argument("--variants", nargs="+", default=None, help="[BASE/]INIT[+warmup] (default: see above)")
+    parser.add_argument("--adam_lrs", nargs="*", type=float, default=[5e-4, 1e-3, 5e-3])
+    parser.add_argument("--sgd_lrs", nargs="*", type=float, default=[])
+    parser.add_argument("--momenta", nargs="*", type=float, default=[0.9])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--warmup", type=int, default=400, help="warmup steps of the +warmup variants")
+    parser.add_argument("--logging_steps", type=int, default=25)
+    args = parser.parse_args(argv)
+    args.run_args = run_args
+    args.variants = args.variants or default_variants()
+    from hf_gradinit import available_initializers
+
+    for v in args.variants:
+        base, init, _ = Run(v, "adam", 1.0, None, 0).parts()
+        if init not in available_initializers() or base not in ("model", "xavier"):
+            parser.error(f"variant {v!r}: INIT must be one of {available_initializers()}, BASE 'model' or 'xavier'.")
+    (args.out / "logs").mkdir(parents=True, exist_ok=True)
+    results_path = args.out / "results.jsonl"
+    done = {r["key"] for r in read_results(results_path)}
+    todo = [r for r in plan(args) if r.key not in done]
+    print(f"{len(done)} runs already done, {len(todo)} to go", flush=True)
+    for i, run in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {run.key} ...", end=" ", flush=True)
+        record = execute(run, args)
+        with open(results_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(
+            f"BLEU {bleu_of(record):.2f}, {record['wall_time_s']:.0f}s"
+            + ("" if record["returncode"] == 0 else " FAILED"),
+            flush=True,
+        )
+    records = read_results(results_path)
+    if records:
+        write_table(records, args.out / "results.md")
+        write_plots(records, args.out)
+        print((args.out / "results.md").read_text())
+    return records
+
+
+if __name__ == "__main__":
+    main()
