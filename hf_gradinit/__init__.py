@@ -19,6 +19,7 @@ from .config import GradInitConfig
 from .engine import gradinit
 from .errors import GradInitError
 from .initializers import available_initializers, get_initializer, register_initializer
+from .lsuv import LSUVConfig, LSUVResult, lsuv
 from .result import GradInitResult
 from .scales import apply_scales
 
@@ -54,11 +55,14 @@ __all__ = [
     "GradInitResult",
     "InitArguments",
     "InitializerCallback",
+    "LSUVConfig",
+    "LSUVResult",
     "__version__",
     "apply_scales",
     "available_initializers",
     "get_initializer",
     "gradinit",
+    "lsuv",
     "make_model_init",
     "register_initializer",
     "trainer_init_kwargs",

@@ -1,0 +1,758 @@
+"""LSUV (Mishkin & Matas, ICLR 2016, "All you need is a good init") for any model.
+
+Layer-sequential unit-variance initialisation:
+
+1. (optional) orthonormal pre-initialisation: every processed layer's weight, flattened to
+   ``(out, in * kernel)``, becomes the Q factor of the QR decomposition of a Gaussian matrix
+   (signs fixed by the diagonal of R), and its bias becomes 0;
+2. layer by layer, in the order the forward pass *executes* them, the layer's weight is
+   multiplied by ``target_std / std(output)`` until the standard deviation of its output on
+   one batch is ``target_std`` within ``tol``, with at most ``max_tries`` corrections.
+
+The execution order is found with forward hooks on a real batch, not from the order in
+which modules were registered: Hugging Face models register modules in one order (for
+example ``q_proj, k_proj, v_proj, out_proj`` then the feed-forward) and may run them in
+another, and a layer processed before one that feeds it would be put off target again.
+
+What counts as a layer: ``nn.Linear``, ``nn.Conv1d/2d/3d`` and transformers' ``Conv1D``
+(GPT-2 style), or the types in :attr:`LSUVConfig.layer_types`. A layer is processed at its
+first call. Tied and frozen weights:
+
+* a frozen weight (``requires_grad=False``) is left alone, and so is its layer;
+* a weight shared by several modules is processed at most once, at its first use, and only
+  if that first use is a layer: a language-model head tied to the input embedding is
+  skipped, because rescaling it would rescale the embedding too and undo every layer
+  already processed downstream of it;
+* a layer whose output has standard deviation 0 on the batch cannot be rescaled to unit
+  variance and is skipped with a note.
+
+Differences from the paper, and why: the paper uses Caffe-era plain CNNs where a layer's
+output is a single blob; here a layer's output is the first tensor it returns, and its
+standard deviation is taken over every element of it (padding positions of a sequence
+batch included). BatchNorm layers use batch statistics during the pass (as in training),
+not their untouched running statistics. The pre-initialisation sets biases to 0, as the
+paper's Caffe setup and PyPI's ``lsuv`` package do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import Batch, BatchStream, LossFn, _rebuild, to_device
+from .distributed import Collective
+from .errors import GradInitError
+from .initializers import register_initializer
+from .model_state import PreparedModel, model_device, seeded_rng
+from .scales import ParamInfo, excluded, trainable_parameters
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    # Matched by class rather than imported: importing transformers would make
+    # `import hf_gradinit` slow for plain PyTorch users.
+    return any(c.__name__ == "Conv1D" and c.__module__.startswith("transformers") for c in type(module).__mro__)
+
+
+@dataclass
+class LSUVConfig:
+    """Settings of :func:`lsuv` (the defaults are the paper's).
+
+    Args:
+        orthonormal: Orthonormal pre-initialisation of every processed weight (and zero
+            biases) before the sequential pass. ``False`` keeps the model's own weights and
+            only rescales them.
+        target_std: The output standard deviation each layer is brought to (paper: 1).
+        tol: Accepted distance of the output standard deviation from ``target_std``
+            (paper: 0.1).
+        max_tries: Most corrections per layer (paper: 10); a layer that does not reach the
+            tolerance by then keeps its last weight and is reported as not converged.
+        layer_types: Module classes that count as layers; ``None`` means ``nn.Linear``,
+            ``nn.Conv1d/2d/3d`` and transformers' ``Conv1D``.
+        exclude: Regular expressions of weight names (``"lm_head.weight"``...) never to
+            process; their layers keep their weights.
+        seed: Seed of the orthonormal draws and of torch's generators during the run; the
+            caller's RNG state is restored afterwards.
+        show_progress: Show a tqdm progress bar over the layers.
+
+    Example:
+        >>> from hf_gradinit import LSUVConfig
+        >>> LSUVConfig(tol=0.05).to_dict()["tol"]
+        0.05
+    """
+
+    orthonormal: bool = True
+    target_std: float = 1.0
+    tol: float = 0.1
+    max_tries: int = 10
+    layer_types: tuple[type[nn.Module], ...] | None = None
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+    seed: int = 0
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.exclude, str):
+            self.exclude = (self.exclude,)
+        self.exclude = tuple(self.exclude)
+        if self.layer_types is not None:
+            types = (self.layer_types,) if isinstance(self.layer_types, type) else tuple(self.layer_types)
+            if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
+                raise ValueError(f"LSUVConfig.layer_types must be nn.Module subclasses, got {self.layer_types!r}.")
+            self.layer_types = types
+        if not (isinstance(self.target_std, (int, float)) and math.isfinite(self.target_std) and self.target_std > 0):
+            raise ValueError(f"LSUVConfig.target_std must be a finite number > 0, got {self.target_std!r}.")
+        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
+            raise ValueError(f"LSUVConfig.tol must be a finite number > 0, got {self.tol!r}.")
+        if not isinstance(self.max_tries, int) or isinstance(self.max_tries, bool) or self.max_tries < 1:
+            raise ValueError(f"LSUVConfig.max_tries must be an integer >= 1, got {self.max_tries!r}.")
+        for pattern in self.exclude:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"LSUVConfig.exclude has an invalid regular expression {pattern!r}: {err}") from err
+
+    def is_layer(self, module: nn.Module) -> bool:
+        """Whether ``module`` counts as a layer."""
+        if self.layer_types is not None:
+            return isinstance(module, self.layer_types)
+        return isinstance(module, _DEFAULT_LAYER_TYPES) or _is_hf_conv1d(module)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able values (layer types by qualified class name)."""
+        out = dataclasses.asdict(self)
+        out["exclude"] = list(self.exclude)
+        if self.layer_types is not None:
+            out["layer_types"] = [f"{t.__module__}.{t.__qualname__}" for t in self.layer_types]
+        return out
+
+
+@dataclass
+class LSUVResult:
+    """The outcome of :func:`lsuv`.
+
+    LSUV changes the *directions* of weights (orthonormal pre-initialisation), not only
+    their norms, so a result cannot be re-applied as scales: it carries the final value of
+    every tensor LSUV wrote (``tensors``: processed weights, and the biases the
+    pre-initialisation zeroed), and :meth:`apply` copies them into a freshly built model
+    bit for bit. :meth:`save` writes them next to the JSON as safetensors.
+
+    Attributes:
+        layers: One record per processed layer, in execution order: ``layer`` (module name),
+            ``weight`` (parameter name), ``index`` (position among the layers the forward
+            pass ran), ``std_init`` (output std of the untouched model), ``std_before``
+            (at its turn, after pre-initialisation and the layers before it), ``tries``
+            (corrections made), ``scale`` (product of the corrections), ``std_after``
+            (output std of the finished model) and ``converged``.
+        skipped: Layers not processed, by module name, and why.
+        tensors: Final values of the tensors LSUV wrote, by parameter name (CPU tensors).
+        config: The settings the run used.
+        timings: ``total_s`` and ``forward_passes``.
+    """
+
+    layers: list[dict[str, Any]]
+    skipped: dict[str, str] = field(default_factory=dict)
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    config: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Write the saved final tensors into ``model`` (built with the same architecture).
+
+        Every name and shape is checked before anything is written.
+        """
+        params = dict(model.named_parameters(remove_duplicate=False))
+        missing = [n for n in self.tensors if n not in params]
+        if missing:
+            raise KeyError(
+                f"{len(missing)} tensor(s) of the LSUV result are not parameters of {type(model).__name__}"
+                f" (first: {missing[0]!r}); build the model with the architecture LSUV ran on."
+            )
+        wrong = [n for n, t in self.tensors.items() if tuple(params[n].shape) != tuple(t.shape)]
+        if wrong:
+            raise ValueError(
+                f"Shape mismatch for {wrong[0]!r}: the model has {tuple(params[wrong[0]].shape)}, the LSUV"
+                f" result {tuple(self.tensors[wrong[0]].shape)}."
+            )
+        for name, value in self.tensors.items():
+            params[name].copy_(value)
+        return model
+
+    def metrics(self, prefix: str = "lsuv/") -> dict[str, float]:
+        """A flat dict of summary figures, for logging to a tracker."""
+        after = [r["std_after"] for r in self.layers]
+        scales = [r["scale"] for r in self.layers]
+        out = {
+            "layers": float(len(self.layers)),
+            "skipped": float(len(self.skipped)),
+            "not_converged": float(sum(not r["converged"] for r in self.layers)),
+            "tries": float(sum(r["tries"] for r in self.layers)),
+            "std_after_min": min(after, default=math.nan),
+            "std_after_max": max(after, default=math.nan),
+            "scale_min": min(scales, default=math.nan),
+            "scale_max": max(scales, default=math.nan),
+            "seconds": float(self.timings.get("total_s", math.nan)),
+        }
+        return {f"{prefix}{k}": float(v) for k, v in out.items()}
+
+    def summary(self, max_rows: int | None = 40) -> str:
+        """A plain-text table of the processed layers, in execution order."""
+        shown = self.layers if max_rows is None else self.layers[:max_rows]
+        width = max([len("layer")] + [len(r["layer"]) for r in shown])
+        lines = [
+            f"LSUV: {len(self.layers)} layers processed in {self.timings.get('total_s', math.nan):.1f}s,"
+            f" {sum(not r['converged'] for r in self.layers)} not converged, {len(self.skipped)} skipped",
+            f"{'#':>4}  {'layer':<{width}}  {'std init':>9}  {'before':>9}  {'tries':>5}  {'scale':>9}  {'after':>9}",
+        ]
+        for r in shown:
+            lines.append(
+                f"{r['index']:>4}  {r['layer']:<{width}}  {r['std_init']:>9.4g}  {r['std_before']:>9.4g}"
+                f"  {r['tries']:>5}  {r['scale']:>9.4g}  {r['std_after']:>9.4g}" + ("" if r["converged"] else "  !")
+            )
+        if len(shown) < len(self.layers):
+            lines.append(f"... {len(self.layers) - len(shown)} more (summary(max_rows=None) lists all)")
+        reasons: dict[str, int] = {}
+        for why in self.skipped.values():
+            reasons[why.split(":")[0]] = reasons.get(why.split(":")[0], 0) + 1
+        for why, count in sorted(reasons.items()):
+            lines.append(f"skipped: {count} x {why}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary(max_rows=10)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the figures as JSON at ``path`` and the tensors next to it (same name,
+        suffix ``.safetensors``)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        weights = _weights_path(path)
+        data = {
+            "format_version": FORMAT_VERSION,
+            "initializer": "lsuv",
+            "layers": self.layers,
+            "skipped": self.skipped,
+            "config": self.config,
+            "timings": self.timings,
+            "tensors_file": weights.name,
+            "tensor_names": sorted(self.tensors),
+        }
+        tmp = weights.with_name(weights.name + ".tmp")
+        save_file({n: t.detach().cpu().contiguous() for n, t in self.tensors.items()}, str(tmp))
+        tmp.replace(weights)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data, indent=1, allow_nan=True))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> LSUVResult:
+        """Read a result written by :meth:`save` (the JSON and its tensors file)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"Cannot read an LSUV result from {str(path)!r}: {err}") from err
+        if data.get("format_version") != FORMAT_VERSION or data.get("initializer") != "lsuv":
+            raise ValueError(f"{str(path)!r} is not an LSUV result of format {FORMAT_VERSION}.")
+        weights = path.with_name(data["tensors_file"])
+        try:
+            tensors = load_file(str(weights))
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(
+                f"Cannot read the tensors of the LSUV result {str(path)!r} from {str(weights)!r}: {err}"
+            ) from err
+        if sorted(tensors) != data["tensor_names"]:
+            raise ValueError(f"{str(weights)!r} does not hold the tensors {str(path)!r} lists.")
+        return cls(
+            layers=data["layers"],
+            skipped=data["skipped"],
+            tensors=tensors,
+            config=data["config"],
+            timings=data["timings"],
+        )
+
+
+def promote_half(batch: Batch) -> Batch:
+    """The batch with fp16/bf16 tensors in fp32: the model runs in fp32 during the pass
+    (see :class:`~hf_gradinit.model_state.PreparedModel`), so half-precision inputs must follow."""
+    if isinstance(batch, torch.Tensor):
+        return batch.float() if batch.dtype in (torch.float16, torch.bfloat16) else batch
+    if isinstance(batch, Mapping):
+        return _rebuild(batch, {k: promote_half(v) for k, v in batch.items()})
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(promote_half(v) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(promote_half(v) for v in batch)
+    return batch
+
+
+def _weights_path(path: Path) -> Path:
+    return path.with_suffix(".safetensors") if path.suffix == ".json" else path.with_name(path.name + ".safetensors")
+
+
+class _StopForward(BaseException):
+    """Ends a forward pass once the measured layer has run: the rest would be wasted work.
+    A BaseException, so that a model's own ``except Exception`` cannot swallow it."""
+
+
+def _first_tensor(output: Any) -> torch.Tensor | None:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        output = list(output.values())
+    if isinstance(output, (list, tuple)):
+        for item in output:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _moments(output: Any) -> torch.Tensor:
+    """``[n, sum, sum of squares]`` of a layer's output, in float64 (so the pooled variance
+    loses nothing to cancellation at any sane activation scale)."""
+    t = _first_tensor(output)
+    if t is None or not t.is_floating_point():
+        raise GradInitError(
+            f"A layer returned {type(output).__name__}, not a floating-point tensor, so LSUV cannot measure its"
+            " output; the model was restored. Exclude it (LSUVConfig.exclude) or narrow LSUVConfig.layer_types."
+        )
+    x = t.detach().reshape(-1).to(torch.float64)
+    return torch.stack(
+        [torch.tensor(float(x.numel()), dtype=torch.float64, device=x.device), x.sum(), x.square().sum()]
+    )
+
+
+def _std(moments: torch.Tensor) -> torch.Tensor:
+    """Unbiased standard deviation from ``[..., 3]`` pooled moments."""
+    n, s1, s2 = moments.unbind(-1)
+    var = (s2 - s1 * s1 / n) / (n - 1).clamp_min(1.0)
+    return var.clamp_min(0.0).sqrt()
+
+
+@torch.no_grad()
+def orthonormal_(weight: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Fill ``weight`` (viewed as ``(shape[0], rest)``) with orthonormal rows or columns, in place.
+
+    The Q factor of the QR decomposition of a standard Gaussian matrix, with the signs of
+    R's diagonal folded into Q so it is drawn uniformly (Haar). Drawn on the CPU from
+    ``generator``, so a seed gives the same weights on every device.
+
+    Example:
+        >>> import torch
+        >>> w = torch.empty(3, 5)
+        >>> _ = orthonormal_(w, torch.Generator().manual_seed(0))
+        >>> torch.allclose(w @ w.T, torch.eye(3), atol=1e-6)
+        True
+    """
+    rows = weight.shape[0]
+    cols = weight.numel() // max(rows, 1)
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    flat = torch.randn(rows, cols, generator=generator, dtype=dtype)
+    tall = flat.T if rows < cols else flat
+    q, r = torch.linalg.qr(tall)
+    q = q * torch.sign(torch.sign(torch.diagonal(r)) + 0.5)  # sign(0) taken as +1
+    q = q.T if rows < cols else q
+    weight.copy_(q.reshape(weight.shape).to(weight.device, weight.dtype))
+    return weight
+
+
+@dataclass
+class _Layer:
+    name: str
+    module: nn.Module
+    weight_name: str
+    index: int
+    std_init: float
+    bias: nn.Parameter | None = None
+
+
+class _LSUVRun:
+    def __init__(
+        self, model: nn.Module, config: LSUVConfig, loss_fn: LossFn | None, comm: Collective, names: dict[int, str]
+    ):
+        self.model = model
+        self.config = config
+        self.loss_fn = loss_fn
+        self.comm = comm
+        self.names = names  # id(param) -> the name named_parameters() gives it
+        self.forward_passes = 0
+        self.written: set[int] = set()
+        self.skipped: dict[str, str] = {}
+        self.originals: dict[int, torch.Tensor] = {}  # id(param) -> its value before the run
+
+    def forward(self, batch: Batch) -> None:
+        self.forward_passes += 1
+        with torch.no_grad():
+            if self.loss_fn is not None:
+                self.loss_fn(self.model, batch)
+            elif isinstance(batch, Mapping):
+                self.model(**batch)
+            elif isinstance(batch, (list, tuple)):
+                self.model(*batch)
+            else:
+                self.model(batch)
+
+    def discover(self, batch: Batch, device: torch.device) -> list[_Layer]:
+        """One forward pass with hooks: the order layers run in, which module first uses each
+        weight, and every layer's output std on the untouched model."""
+        cfg = self.config
+        module_names = {id(m): n for n, m in self.model.named_modules()}
+        layers = [m for m in self.model.modules() if cfg.is_layer(m)]
+        if not layers:
+            raise GradInitError(
+                f"{type(self.model).__name__} has no layer LSUV can process (Linear, Conv1d/2d/3d,"
+                " transformers' Conv1D, or LSUVConfig.layer_types)."
+            )
+        weights = {id(w) for m in layers if isinstance(w := getattr(m, "weight", None), torch.Tensor)}
+        owners = [
+            m
+            for m in self.model.modules()
+            if any(id(p) in weights for p in m.parameters(recurse=False)) or cfg.is_layer(m)
+        ]
+        first_use: dict[int, nn.Module] = {}
+        finished: list[nn.Module] = []
+        moments: dict[int, torch.Tensor] = {}
+
+        def pre_hook(module: nn.Module, args: Any) -> None:
+            for p in module.parameters(recurse=False):
+                first_use.setdefault(id(p), module)
+
+        def post_hook(module: nn.Module, args: Any, output: Any) -> None:
+            if id(module) not in moments and cfg.is_layer(module):
+                moments[id(module)] = _moments(output)
+                finished.append(module)
+
+        handles = [m.register_forward_pre_hook(pre_hook) for m in owners]
+        handles += [m.register_forward_hook(post_hook) for m in layers]
+        try:
+            self.forward(batch)
+        finally:
+            for h in handles:
+                h.remove()
+
+        executed = {id(m) for m in finished}
+        for m in layers:
+            if id(m) not in executed:
+                self.skipped[module_names[id(m)]] = "not executed on the batch"
+        if self.comm.active:
+            count = torch.tensor(float(len(finished)), device=device)
+            if float(self.comm.mean(count)) != len(finished):
+                raise GradInitError(
+                    "The processes ran different numbers of layers on their batches (data-dependent control"
+                    " flow?); LSUV needs the same layers on every process. Pass distributed=False to let each"
+                    " process run its own LSUV."
+                )
+        stds = _std(self.comm.mean(torch.stack([moments[id(m)] for m in finished]))).tolist() if finished else []
+
+        plan: list[_Layer] = []
+        planned: dict[int, str] = {}
+        for index, (module, std) in enumerate(zip(finished, stds, strict=True)):
+            name = module_names[id(module)]
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, nn.Parameter):
+                self.skipped[name] = "no weight parameter"
+                continue
+            weight_name = self.names.get(id(weight), f"{name}.weight" if name else "weight")
+            first = first_use.get(id(weight))
+            if not weight.requires_grad:
+                self.skipped[name] = "frozen weight"
+            elif not weight.is_floating_point():
+                self.skipped[name] = "weight is not floating point"
+            elif excluded(weight_name, cfg.exclude):
+                self.skipped[name] = "excluded"
+            elif id(weight) in planned:
+                self.skipped[name] = f"shared weight: already processed at {planned[id(weight)]!r}"
+            elif first is not module:
+                user = module_names.get(id(first), "?")
+                self.skipped[name] = (
+                    f"tied weight: {weight_name!r} is first used by {user!r}; rescaling it would undo the layers"
+                    " after that"
+                )
+            else:
+                bias = getattr(module, "bias", None)
+                bias = bias if isinstance(bias, nn.Parameter) and bias.requires_grad else None
+                plan.append(_Layer(name, module, weight_name, index, std, bias))
+                planned[id(weight)] = name
+        return plan
+
+    @torch.no_grad()
+    def pre_initialise(self, plan: list[_Layer]) -> None:
+        generator = torch.Generator().manual_seed(self.config.seed)
+        for layer in plan:
+            orthonormal_(layer.module.weight.data, generator)
+            self.written.add(id(layer.module.weight))
+            if layer.bias is not None:
+                layer.bias.data.zero_()
+                self.written.add(id(layer.bias))
+
+    @torch.no_grad()
+    def undo_pre_initialisation(self, layer: _Layer) -> None:
+        """A skipped layer keeps the weights it came with."""
+        for p in (layer.module.weight, layer.bias):
+            if p is not None and id(p) in self.written:
+                p.data.copy_(self.originals[id(p)])
+                self.written.discard(id(p))
+
+    def measure(self, batch: Batch, module: nn.Module) -> float:
+        """Output std of ``module`` at its first call on ``batch`` (pooled over processes)."""
+        box: list[torch.Tensor] = []
+
+        def hook(mod: nn.Module, args: Any, output: Any) -> None:
+            box.append(_moments(output))
+            raise _StopForward
+
+        handle = module.register_forward_hook(hook)
+        try:
+            self.forward(batch)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        if not box:
+            raise GradInitError(
+                "A layer that ran on the batch before did not run again: is the forward random? The model was restored."
+            )
+        return float(_std(self.comm.mean(box[0])))
+
+    @torch.no_grad()
+    def process(self, batch: Batch, layer: _Layer) -> dict[str, Any] | None:
+        cfg = self.config
+        weight = layer.module.weight.data
+        std = self.measure(batch, layer.module)
+        std_before, tries, scale = std, 0, 1.0
+        if not math.isfinite(std):
+            raise GradInitError(
+                f"The output of {layer.name!r} is not finite (std {std}) before LSUV rescaled it; the model was"
+                " restored. Check the data and the layers before it."
+            )
+        if std == 0.0 or not math.isfinite(cfg.target_std / std):
+            self.skipped[layer.name] = "output std is 0: cannot be rescaled to unit variance"
+            self.undo_pre_initialisation(layer)
+            return None
+        while abs(std - cfg.target_std) > cfg.tol and tries < cfg.max_tries:
+            factor = cfg.target_std / std
+            weight.mul_(factor)
+            self.written.add(id(layer.module.weight))
+            scale *= factor
+            tries += 1
+            std = self.measure(batch, layer.module)
+            if not math.isfinite(std) or std == 0.0:
+                raise GradInitError(
+                    f"The output std of {layer.name!r} became {std} after rescaling by {scale:g}; the model was"
+                    " restored."
+                )
+        return {
+            "layer": layer.name,
+            "weight": layer.weight_name,
+            "index": layer.index,
+            "std_init": layer.std_init,
+            "std_before": std_before,
+            "tries": tries,
+            "scale": scale,
+            "converged": abs(std - cfg.target_std) <= cfg.tol,
+            "std_at_turn": std,
+        }
+
+    def final_stds(self, batch: Batch, records: list[dict], modules: list[nn.Module]) -> None:
+        """One full forward of the finished model: each processed layer's output std."""
+        moments: dict[int, torch.Tensor] = {}
+
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            moments.setdefault(id(module), _moments(output))
+
+        handles = [m.register_forward_hook(hook) for m in modules]
+        try:
+            self.forward(batch)
+        finally:
+            for h in handles:
+                h.remove()
+        if modules:
+            stds = _std(self.comm.mean(torch.stack([moments[id(m)] for m in modules]))).tolist()
+            for record, std in zip(records, stds, strict=True):
+                record["std_after"] = std
+
+
+def lsuv(
+    model: nn.Module,
+    data: Iterable[Batch],
+    config: LSUVConfig | None = None,
+    *,
+    loss_fn: LossFn | None = None,
+    distributed: bool | None = None,
+) -> LSUVResult:
+    """Layer-sequential unit-variance initialisation of ``model``, in place (module docstring).
+
+    Uses the first batch of ``data``. During the run the model is in eval mode (no dropout)
+    with BatchNorm on batch statistics, in fp32, under ``config.seed``; afterwards its modes,
+    dtypes, buffers and the caller's RNG state are as before. If anything fails, the
+    parameters are restored bit for bit and a :class:`~hf_gradinit.GradInitError` says why.
+
+    Args:
+        model: Any ``nn.Module``; Hugging Face models with keyword inputs included.
+        data: Batches: the first one is used. A dict is passed as ``model(**batch)``, a
+            tuple or list as ``model(*batch)``, anything else as ``model(batch)``.
+        config: The settings; ``None`` uses :class:`LSUVConfig`'s defaults (the paper's).
+        loss_fn: Only a way to run the forward pass: when given, ``loss_fn(model, batch)``
+            is called instead of ``model(...)`` and its value is ignored (useful when a
+            batch is not the model's argument list, e.g. ``(inputs, labels)`` for a
+            ``forward(inputs)``). LSUV itself needs no loss.
+        distributed: In a multi-process run the output statistics are pooled over all
+            processes' batches, so every process reaches the same weights; ``None`` does so
+            whenever torch.distributed is initialised with several processes.
+
+    Returns:
+        An :class:`LSUVResult` with per-layer figures and the final tensors (to re-apply
+        with :meth:`LSUVResult.apply`).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from hf_gradinit import LSUVConfig, lsuv
+        >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+        <torch._C.Generator object at ...>
+        >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+        >>> result = lsuv(model, [torch.randn(64, 8)], LSUVConfig(show_progress=False))
+        >>> [r["layer"] for r in result.layers]
+        ['0', '2']
+        >>> all(abs(r["std_after"] - 1.0) <= 0.1 for r in result.layers)
+        True
+    """
+    started = time.perf_counter()
+    config = config if config is not None else LSUVConfig()
+    if not isinstance(config, LSUVConfig):
+        raise GradInitError(f"lsuv takes an LSUVConfig, got {type(config).__name__}.")
+    if not isinstance(model, nn.Module):
+        raise GradInitError(f"lsuv needs an nn.Module, got {type(model).__name__}.")
+    infos = _layer_parameters(model, config)
+    if not infos:
+        raise GradInitError(
+            f"{type(model).__name__} has no trainable weight in a layer LSUV can process (Linear, Conv1d/2d/3d,"
+            " transformers' Conv1D, or LSUVConfig.layer_types); a frozen model has none."
+        )
+    if data is None:
+        raise GradInitError("LSUV needs a batch of data: pass a list of batches or a DataLoader.")
+    device = model_device(model)
+    comm = Collective(distributed)
+    run = _LSUVRun(model, config, loss_fn, comm, {id(i.param): i.name for i in infos})
+    stage = "on the first forward pass, before any change"
+    records: list[dict[str, Any]] = []
+    with seeded_rng(device, config.seed):
+        batch = BatchStream(data).next_batch()
+        if not comm.all(batch is not None, device):
+            raise GradInitError(
+                "data yielded no batch (on at least one process): it is empty, or an iterator that was already"
+                " consumed. Pass a DataLoader or a list of batches."
+            )
+        try:
+            # hvp="finite_difference": LSUV runs forward passes only, so the attention kernel stays.
+            with PreparedModel(model, infos, hvp="finite_difference") as prepared:
+                run.originals = {id(i.param): t for i, t in zip(infos, prepared.theta0, strict=True)}
+                batch = promote_half(to_device(batch, device))
+                plan = run.discover(batch, device)
+                if not plan:
+                    raise GradInitError(
+                        f"LSUV found no layer to process in {type(model).__name__}: {_reasons(run.skipped)}."
+                    )
+                if config.orthonormal:
+                    stage = "during the orthonormal pre-initialisation"
+                    run.pre_initialise(plan)
+                done: list[_Layer] = []
+                with tqdm(total=len(plan), desc="LSUV", disable=not config.show_progress, leave=False) as bar:
+                    for layer in plan:
+                        stage = f"at layer {layer.name!r}"
+                        record = run.process(batch, layer)
+                        if record is not None:
+                            records.append(record)
+                            done.append(layer)
+                        bar.update(1)
+                        bar.set_postfix(
+                            {"layer": layer.name[-24:], "std": f"{record['std_at_turn']:.3g}" if record else "-"}
+                        )
+                stage = "on the final forward pass"
+                run.final_stds(batch, records, [layer.module for layer in done])
+                final = [
+                    info.param.data.to(dtype) if id(info.param) in run.written else None
+                    for info, dtype in zip(infos, prepared.original_dtypes, strict=True)
+                ]
+                tensors = {
+                    info.name: value.detach().cpu().clone()
+                    for info, value in zip(infos, final, strict=True)
+                    if value is not None
+                }
+                prepared.commit(final)
+        except GradInitError:
+            raise
+        except KeyboardInterrupt:
+            logger.warning("LSUV interrupted; the model was restored to its state before the call.")
+            raise
+        except Exception as err:
+            raise GradInitError(
+                f"LSUV failed {stage}: {type(err).__name__}: {err}\nThe model was restored to its state before the"
+                " call. Check that the batch matches the model's forward signature (or pass loss_fn to run it)."
+            ) from err
+    for record in records:
+        record.pop("std_at_turn")
+    result = LSUVResult(
+        layers=records,
+        skipped=run.skipped,
+        tensors=tensors,
+        config=config.to_dict(),
+        timings={"total_s": time.perf_counter() - started, "forward_passes": float(run.forward_passes)},
+    )
+    logger.info("%s", result.summary(max_rows=10))
+    return result
+
+
+def _layer_parameters(model: nn.Module, config: LSUVConfig) -> list[ParamInfo]:
+    """The trainable tensors LSUV may write: weights and biases of layers."""
+    ids = set()
+    for m in model.modules():
+        if config.is_layer(m):
+            ids.update(id(p) for p in m.parameters(recurse=False))
+    return [info for info in trainable_parameters(model) if id(info.param) in ids]
+
+
+def _reasons(skipped: dict[str, str]) -> str:
+    if not skipped:
+        return "no layer ran on the batch"
+    first = next(iter(skipped.items()))
+    return f"{len(skipped)} layer(s) skipped (first: {first[0]!r}: {first[1]})"
+
+
+def _load(path: str) -> LSUVResult:
+    return LSUVResult.load(path)
+
+
+def _reapply(model: nn.Module, result: LSUVResult) -> nn.Module:
+    return result.apply(model)
+
+
+register_initializer(
+    "lsuv",
+    config_class=LSUVConfig,
+    load_result=_load,
+    reapply=_reapply,
+    description="LSUV (Mishkin & Matas, 2016): orthonormal init, then unit output variance layer by layer",
+)(lsuv)
