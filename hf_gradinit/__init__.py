@@ -20,6 +20,7 @@ from .engine import gradinit
 from .errors import GradInitError
 from .initializers import available_initializers, get_initializer, register_initializer
 from .lsuv import LSUVConfig, LSUVResult, lsuv
+from .metainit import MetaInitConfig, MetaInitResult, metainit
 from .result import GradInitResult
 from .scales import apply_scales
 
@@ -57,6 +58,8 @@ __all__ = [
     "InitializerCallback",
     "LSUVConfig",
     "LSUVResult",
+    "MetaInitConfig",
+    "MetaInitResult",
     "__version__",
     "apply_scales",
     "available_initializers",
@@ -64,6 +67,7 @@ __all__ = [
     "gradinit",
     "lsuv",
     "make_model_init",
+    "metainit",
     "register_initializer",
     "trainer_init_kwargs",
 ]
