@@ -158,7 +158,8 @@ class LSUVResult:
             pass ran), ``std_init`` (output std of the untouched model), ``std_before``
             (at its turn, after pre-initialisation and the layers before it), ``tries``
             (corrections made), ``scale`` (product of the corrections), ``std_after``
-            (output std of the finished model) and ``converged``.
+            (output std of the finished model) and ``converged`` (within ``tol`` at the end of its
+            turn).
         skipped: Layers not processed, by module name, and why.
         tensors: Final values of the tensors LSUV wrote, by parameter name (CPU tensors).
         config: The settings the run used.
@@ -402,6 +403,10 @@ class _LSUVRun:
         self.skipped: dict[str, str] = {}
         self.originals: dict[int, torch.Tensor] = {}  # id(param) -> its value before the run
 
+    def pooled(self, moments: torch.Tensor) -> torch.Tensor:
+        """Moments summed over processes (a mean times the number of processes)."""
+        return self.comm.mean(moments) * self.comm.world_size if self.comm.active else moments
+
     def forward(self, batch: Batch) -> None:
         self.forward_passes += 1
         with torch.no_grad():
@@ -464,7 +469,7 @@ class _LSUVRun:
                     " flow?); LSUV needs the same layers on every process. Pass distributed=False to let each"
                     " process run its own LSUV."
                 )
-        stds = _std(self.comm.mean(torch.stack([moments[id(m)] for m in finished]))).tolist() if finished else []
+        stds = _std(self.pooled(torch.stack([moments[id(m)] for m in finished]))).tolist() if finished else []
 
         plan: list[_Layer] = []
         planned: dict[int, str] = {}
@@ -534,7 +539,7 @@ class _LSUVRun:
             raise GradInitError(
                 "A layer that ran on the batch before did not run again: is the forward random? The model was restored."
             )
-        return float(_std(self.comm.mean(box[0])))
+        return float(_std(self.pooled(box[0])))
 
     @torch.no_grad()
     def process(self, batch: Batch, layer: _Layer) -> dict[str, Any] | None:
@@ -580,7 +585,8 @@ class _LSUVRun:
         moments: dict[int, torch.Tensor] = {}
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            moments.setdefault(id(module), _moments(output))
+            if id(module) not in moments:
+                moments[id(module)] = _moments(output)
 
         handles = [m.register_forward_hook(hook) for m in modules]
         try:
@@ -589,7 +595,7 @@ class _LSUVRun:
             for h in handles:
                 h.remove()
         if modules:
-            stds = _std(self.comm.mean(torch.stack([moments[id(m)] for m in modules]))).tolist()
+            stds = _std(self.pooled(torch.stack([moments[id(m)] for m in modules]))).tolist()
             for record, std in zip(records, stds, strict=True):
                 record["std_after"] = std
 
