@@ -462,3 +462,74 @@ def test_agrees_with_pypi_lsuv_package(orthonormal):
             assert s_ours[n] == pytest.approx(s_theirs[n], rel=1e-5), n
         for (n, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
             torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=n)
+
+
+# --- several processes ---------------------------------------------------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_ranks_worker(rank: int, port: int, out: str, job) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    # As torchrun sets them: accelerate's collectives read these, not just the process group.
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank))
+    os.environ.update(WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    dist.init_process_group("gloo")
+    # As a Trainer with use_cpu=True does: accelerate's reduce (which hf_gradinit averages
+    # with) is a silent no-op on CPU unless its state was created with cpu=True.
+    from accelerate import PartialState
+
+    PartialState(cpu=True)
+    try:
+        torch.save(job(rank), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_on_two_ranks(tmp_path, job) -> list:
+    """Run ``job(rank)`` (a module-level function) in two real gloo processes; return what each
+    returned."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_two_ranks_worker, args=(r, port, str(tmp_path), job)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def _full_batch() -> torch.Tensor:
+    return torch.randn(64, 24, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.5, 2.0, 24)
+
+
+def _lsuv_shard(rank: int) -> dict:
+    torch.manual_seed(0)
+    model = DeepMLP(depth=3)
+    result = lsuv(model, [_full_batch()[rank::2]], quiet())
+    return {"tensors": result.tensors, "layers": result.layers}
+
+
+def test_two_processes_pool_their_statistics(tmp_path):
+    """Each rank sees half the batch; the output statistics are pooled, so both reach the
+    weights a single process reaches on the whole batch."""
+    r0, r1 = run_on_two_ranks(tmp_path, _lsuv_shard)
+    assert r0["tensors"].keys() == r1["tensors"].keys()
+    assert all(torch.equal(r0["tensors"][n], r1["tensors"][n]) for n in r0["tensors"])
+    torch.manual_seed(0)
+    single = lsuv(DeepMLP(depth=3), [_full_batch()], quiet())
+    for a, b in zip(single.layers, r0["layers"], strict=True):
+        assert b["std_after"] == pytest.approx(a["std_after"], rel=1e-6) and a["tries"] == b["tries"]
+    for n, t in single.tensors.items():
+        torch.testing.assert_close(r0["tensors"][n], t, rtol=1e-6, atol=1e-7)

@@ -15,6 +15,7 @@ from conftest import (
     tiny_marian,
     xent,
 )
+from test_lsuv import run_on_two_ranks
 from torch import nn
 from torch.func import functional_call
 
@@ -355,3 +356,20 @@ def test_bad_input_is_refused_before_any_work():
     ):
         with pytest.raises(ValueError):
             MetaInitConfig(**bad)
+
+
+# --- several processes ---------------------------------------------------------------------
+def _metainit_shard(rank: int) -> dict:
+    batches = mlp_batches(3, seed=rank)  # each rank its own data
+    result = metainit(smooth_mlp(0), batches, quiet(steps=6, lr=0.01, random_inputs=rank == 1), loss_fn=xent)
+    return {"scales": result.scales, "history": result.history}
+
+
+def test_two_processes_take_the_same_steps(tmp_path):
+    """The norm gradients are averaged before the sign: both ranks end with the same norms,
+    though their batches (and so their GQs) differ."""
+    r0, r1 = run_on_two_ranks(tmp_path, _metainit_shard)
+    assert r0["scales"] == r1["scales"]
+    assert r0["history"][0]["gq"] == r1["history"][0]["gq"]  # the logged GQ is the mean over ranks
+    alone = metainit(smooth_mlp(0), mlp_batches(3, seed=0), quiet(steps=6, lr=0.01), loss_fn=xent)
+    assert alone.scales != r0["scales"]
