@@ -76,7 +76,9 @@ class MetaInitConfig:
 
     Args:
         lr: Learning rate of the sign-SGD on the norms: an absolute change of a norm per
-            step (paper: 0.1).
+            step (paper: 0.1, for CNNs whose weight norms are about 10 or more). Scale it to
+            your model's norms: a 32x32 matrix drawn from N(0, 0.02) has norm 0.64, and with
+            momentum 0.9 a norm can move by up to ``10 * lr`` per step.
         momentum: Momentum of the sign-SGD (paper: 0.9).
         steps: Number of steps, one batch each (paper: 500).
         eps: The ``eps`` of the gradient quotient's denominator (paper: 1e-5).
