@@ -132,9 +132,9 @@ def test_no_warmup_sweep_runs_resumes_and_reports(tmp_path, capsys):
     argv = [
         "--out", str(tmp_path / "sweep"), "--variants", "default+warmup", "xavier/gradinit", "--adam_lrs", "1e-3",
         "--sgd_lrs", "0.1", "--momenta", "0.9", "--seeds", "0", "--warmup", "2", "--logging_steps", "1",
-        "--", *TINY, "--builtin_train_size", "120", "--do_predict", "false",
+        "--jobs", "2", "--threads_per_run", "1", "--", *TINY, "--builtin_train_size", "120", "--do_predict", "false",
     ]  # fmt: skip
-    records = no_warmup.main(argv)
+    records = no_warmup.main(argv)  # two runs at a time: results.jsonl must still hold whole records
     assert len(records) == 4 and all(r["returncode"] == 0 for r in records), [r.get("returncode") for r in records]
     by_key = {r["key"]: r for r in records}
     warm = by_key["default+warmup_adam_lr0.001_s0"]

@@ -16,7 +16,9 @@ and ``bleu_vs_lr.png`` / ``loss_curves.png`` are written from everything in the 
         --data_dir ../shared/data/multi30k/raw --validation_split val --test_split test_2016_flickr \\
         --adam_lrs 1e-3 5e-3 --seeds 0 1 --warmup 400 -- --max_steps 3000 --config_name post_ln_small
 
-Arguments after ``--`` go to every ``run_translation.py`` run unchanged.
+Arguments after ``--`` go to every ``run_translation.py`` run unchanged. ``--jobs N`` runs N at
+once (on one GPU, or on a many-core CPU with ``--threads_per_run``); each run still seeds itself,
+so the results do not depend on N.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +105,8 @@ def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     cmd = command(run, args, out_dir)
     started = time.time()
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if args.threads_per_run:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads_per_run)
     with open(args.out / "logs" / f"{run.key}.log", "w") as log:
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
     record: dict[str, Any] = {
@@ -235,6 +241,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--warmup", type=int, default=400, help="warmup steps of the +warmup variants")
     parser.add_argument("--logging_steps", type=int, default=25)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument(
+        "--threads_per_run", type=int, default=None, help="OMP/MKL threads of each run (default: torch's own choice)"
+    )
     args = parser.parse_args(argv)
     args.run_args = run_args
     args.variants = args.variants or default_variants()
@@ -249,16 +259,22 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     done = {r["key"] for r in read_results(results_path)}
     todo = [r for r in plan(args) if r.key not in done]
     print(f"{len(done)} runs already done, {len(todo)} to go", flush=True)
-    for i, run in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {run.key} ...", end=" ", flush=True)
+    lock = threading.Lock()
+
+    def run_one(i: int, run: Run) -> None:
         record = execute(run, args)
-        with open(results_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(
-            f"BLEU {bleu_of(record):.2f}, {record['wall_time_s']:.0f}s"
-            + ("" if record["returncode"] == 0 else " FAILED"),
-            flush=True,
-        )
+        with lock:  # one writer at a time keeps results.jsonl whole lines
+            with open(results_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            status = "" if record["returncode"] == 0 else " FAILED"
+            print(
+                f"[{i}/{len(todo)}] {run.key}: BLEU {bleu_of(record):.2f}, {record['wall_time_s']:.0f}s{status}",
+                flush=True,
+            )
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for future in [pool.submit(run_one, i, run) for i, run in enumerate(todo, 1)]:
+            future.result()
     records = read_results(results_path)
     if records:
         write_table(records, args.out / "results.md")
