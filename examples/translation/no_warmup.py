@@ -241,6 +241,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--warmup", type=int, default=400, help="warmup steps of the +warmup variants")
     parser.add_argument("--logging_steps", type=int, default=25)
+    parser.add_argument(
+        "--report_only", action="store_true", help="run nothing: rewrite results.md and the plots from results.jsonl"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     parser.add_argument(
         "--threads_per_run", type=int, default=None, help="OMP/MKL threads of each run (default: torch's own choice)"
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.jsonl"
     done = {r["key"] for r in read_results(results_path)}
-    todo = [r for r in plan(args) if r.key not in done]
+    todo = [] if args.report_only else [r for r in plan(args) if r.key not in done]
     print(f"{len(done)} runs already done, {len(todo)} to go", flush=True)
     lock = threading.Lock()
 
