@@ -5,8 +5,11 @@ step does: it averages the full gradient ``g`` across processes before forming t
 step and the gradient norm, and averages the scale gradients before the scale update. Every
 rank thus applies the same update from the same state and ends with bit-identical weights,
 equal (up to rounding) to a single-process run over the union of the shards. The averages
-use accelerate's collectives (``accelerate.utils.reduce``), which work under ``torchrun`` and
-``accelerate launch``, on GPUs (NCCL) and CPUs (gloo).
+use accelerate's collectives (``accelerate.utils.reduce``) when accelerate set up the process
+group (the Trainer, ``accelerate launch``), and ``torch.distributed.all_reduce`` when the user's
+own code did (plain ``torchrun`` + ``init_process_group``): accelerate's ``reduce`` silently
+returns its input unchanged when its own state is not distributed, which would let the ranks
+drift apart without an error.
 """
 
 from __future__ import annotations
@@ -22,6 +25,16 @@ def world_size() -> int:
     return 1
 
 
+def _accelerate_is_distributed() -> bool:
+    """Whether accelerate's state exists and is distributed, without creating it (creating
+    ``PartialState()`` would initialise a process group of its own)."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    shared = PartialState._shared_state
+    return bool(shared) and shared.get("distributed_type", DistributedType.NO) != DistributedType.NO
+
+
 class Collective:
     """Means across processes; no-ops in a single process.
 
@@ -35,9 +48,13 @@ class Collective:
         self.active = self.world_size > 1
 
     def _reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
-        from accelerate.utils import reduce
+        if _accelerate_is_distributed():
+            from accelerate.utils import reduce
 
-        return reduce(tensor, reduction=reduction)
+            return reduce(tensor, reduction=reduction)
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.MAX if reduction == "max" else dist.ReduceOp.SUM)
+        return out / self.world_size if reduction == "mean" else out
 
     def mean(self, tensor: torch.Tensor) -> torch.Tensor:
         return self._reduce(tensor, "mean") if self.active else tensor

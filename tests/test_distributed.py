@@ -17,6 +17,7 @@ from transformers import default_data_collator
 from hf_gradinit import GradInitConfig, gradinit
 
 WORKER = Path(__file__).parent / "scripts" / "ddp_worker.py"
+PLAIN_WORKER = Path(__file__).parent / "scripts" / "plain_dist_worker.py"
 
 
 def _free_port() -> int:
@@ -25,17 +26,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
+def _torchrun(worker: Path, out: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(out),
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(worker), str(out),
     ]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    _torchrun(WORKER, out)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_users_own_process_group_is_averaged_over(tmp_path):
+    """No accelerate state (plain init_process_group): accelerate's reduce would return its
+    input unchanged, and the ranks, on different shards, would learn different scales."""
+    _torchrun(PLAIN_WORKER, tmp_path)
+    r0, r1 = (torch.load(tmp_path / f"plain{r}.pt", weights_only=False) for r in range(2))
+    assert torch.equal(r0["mean"], torch.tensor([1.5, 5.0])) and torch.equal(r1["mean"], r0["mean"])
+    assert r0["all"] is False and r1["all"] is False
+    assert r0["scales"] == r1["scales"] and any(a != 1.0 for a in r0["scales"].values())
+    for name, value in r0["weights"].items():
+        assert torch.equal(value, r1["weights"][name]), name
 
 
 def test_both_ranks_ran_ddp_and_hold_identical_weights(ranks):
