@@ -29,7 +29,7 @@ from .config import HVP_MODES, TARGETS, GradInitConfig
 from .data import Batch
 from .errors import GradInitError
 from .initializers import RegisteredNames, get_initializer
-from .trainer import InitializerCallback, _ShardedBatches, gradinit_batch_size, make_model_init
+from .trainer import InitializerCallback, _ShardedBatches, _sharding, gradinit_batch_size, make_model_init
 
 SCALES_FILE_NAME = "init_scales.json"
 
@@ -144,7 +144,7 @@ def trainer_init_kwargs(
     """
     callbacks = list(callbacks or [])
     config = init_args.initializer_config()
-    sharded = bool(getattr(training_args, "deepspeed", None) or getattr(training_args, "fsdp", None))
+    sharded = _sharding(training_args, None) is not None
     if (model is None) == (model_builder is None):
         raise ValueError("Pass exactly one of model= (callback route) or model_builder= (model_init route).")
     if model is not None:

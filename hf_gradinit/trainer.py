@@ -86,21 +86,35 @@ def config_for_training(
     return dataclasses.replace(config, **changes) if changes else config
 
 
-def _refuse_sharded(args: TrainingArguments, model: nn.Module | None) -> None:
-    wrapped = type(model).__name__ if model is not None else ""
-    if (
-        getattr(args, "deepspeed", None)
-        or getattr(args, "fsdp", None)
-        or wrapped
-        in (
-            "DeepSpeedEngine",
-            "FullyShardedDataParallel",
-        )
+def _sharding(args: TrainingArguments, model: nn.Module | None, trainer: Trainer | None = None) -> str | None:
+    """What partitions or copies the parameters after wrapping, if anything: DeepSpeed or FSDP
+    chosen in ``TrainingArguments``, by ``accelerate launch`` (its config sets these
+    environment variables), seen by the Trainer, or visible on the wrapped model."""
+    if getattr(args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        return "DeepSpeed"
+    if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
+        return "FSDP"
+    if trainer is not None and (
+        getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
     ):
+        return "DeepSpeed or FSDP"
+    if model is not None:
+        from torch.distributed import fsdp
+
+        if type(model).__name__ in ("DeepSpeedEngine", "FullyShardedDataParallel") or (
+            hasattr(fsdp, "FSDPModule") and isinstance(model, fsdp.FSDPModule)
+        ):
+            return type(model).__name__
+    return None
+
+
+def _refuse_sharded(args: TrainingArguments, model: nn.Module | None, trainer: Trainer | None = None) -> None:
+    found = _sharding(args, model, trainer)
+    if found is not None:
         raise GradInitError(
-            "The GradInit callback cannot run under DeepSpeed or FSDP: they keep fp32 master copies or"
-            " shard the parameters after wrapping, so rescaling the wrapped model in place would be"
-            " lost or partial. Initialise before wrapping instead: Trainer(model_init="
+            f"The initialiser callback cannot run under {found}: DeepSpeed and FSDP keep fp32 master"
+            " copies or shard the parameters after wrapping, so rescaling the wrapped model in place would"
+            " be lost or partial. Initialise before wrapping instead: Trainer(model_init="
             "make_model_init(build_model, train_batches, config, training_args=args)), or with"
             " InitArguments, trainer_init_kwargs(..., model_builder=build_model)."
         )
@@ -251,8 +265,8 @@ class InitializerCallback(TrainerCallback):
             return
         if self._done_for == id(core) or self.spec.name == "default":
             return
-        _refuse_sharded(args, model)
         trainer = _calling_trainer()
+        _refuse_sharded(args, model, trainer)
         config = self._config(args, state)
         if self.result_file is not None:
             if self.spec.load_result is None or self.spec.reapply is None:

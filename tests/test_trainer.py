@@ -207,13 +207,24 @@ def test_plain_cnn_module_with_trainer(tmp_path):
     assert trainer.state.global_step == 3
 
 
-def test_callback_refuses_deepspeed_and_fsdp(tmp_path):
+def test_callback_refuses_deepspeed_and_fsdp(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
     from hf_gradinit.trainer import _refuse_sharded
 
     args = training_args(tmp_path)
+    _refuse_sharded(args, torch.nn.Linear(2, 2))  # plain DDP / single process: fine
     args.fsdp = ["full_shard"]
-    with pytest.raises(GradInitError, match="model_init"):
+    with pytest.raises(GradInitError, match=r"FSDP.*model_init"):
         _refuse_sharded(args, torch.nn.Linear(2, 2))
+    args = training_args(tmp_path)
+    # chosen by `accelerate launch` (its config reaches the Trainer through these variables)
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(GradInitError, match="DeepSpeed"):
+        _refuse_sharded(args, torch.nn.Linear(2, 2))
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    with pytest.raises(GradInitError, match="model_builder"):
+        _refuse_sharded(args, torch.nn.Linear(2, 2), SimpleNamespace(is_fsdp_enabled=True))
 
 
 @pytest.mark.parametrize(
