@@ -92,7 +92,10 @@ class PreparedModel(contextlib.AbstractContextManager):
         model = self.model
         device = model_device(model)
 
-        stack.callback(self._restore_tensors, self._swap_tensors())
+        swapped: list[tuple[Any, str, torch.Tensor]] = []
+        # Registered before swapping: a failure half-way (out of memory) restores what was swapped.
+        stack.callback(self._restore_tensors, swapped)
+        self._swap_tensors(swapped)
 
         modes = {m: m.training for m in model.modules()}
         stack.callback(lambda: [setattr(m, "training", mode) for m, mode in modes.items()])
@@ -117,9 +120,9 @@ class PreparedModel(contextlib.AbstractContextManager):
         stack.enter_context(torch.autocast(device_type=device.type, enabled=False))
         stack.enter_context(torch.enable_grad())
 
-    def _swap_tensors(self) -> list[tuple[Any, str, torch.Tensor]]:
-        """Replace every parameter's and buffer's storage by GradInit's working copy."""
-        swapped: list[tuple[Any, str, torch.Tensor]] = []
+    def _swap_tensors(self, swapped: list[tuple[Any, str, torch.Tensor]]) -> None:
+        """Replace every parameter's and buffer's storage by GradInit's working copy, recording
+        each swap in ``swapped`` as it is made."""
         trainable = {id(info.param) for info in self.params}
         for info in self.params:
             original = info.param.data
@@ -149,7 +152,6 @@ class PreparedModel(contextlib.AbstractContextManager):
                 # buffer is then dropped on exit.
                 module._buffers[name] = buf.to(dtype, copy=True)
                 swapped.append((module._buffers, name, buf))
-        return swapped
 
     def _restore_tensors(self, swapped: list[tuple[Any, str, torch.Tensor]]) -> None:
         with torch.no_grad():

@@ -275,6 +275,30 @@ def test_failure_mid_run_restores_model_bit_for_bit(failure, quiet):
     assert model.training and model.is_activation_checkpointing
 
 
+def test_failure_while_preparing_restores_what_was_already_swapped(quiet, monkeypatch):
+    """Out of memory half-way through making GradInit's fp32 working copies of a bf16 model:
+    the parameters already swapped go back too (dtype and bits)."""
+    import hf_gradinit.model_state as model_state
+
+    model = tiny_marian(seed=3).to(torch.bfloat16)
+    before = snapshot(model)
+    real, calls = model_state.compute_dtype, {"n": 0}
+    n_params = sum(1 for _ in model.parameters())
+
+    def failing_compute_dtype(dtype):
+        calls["n"] += 1
+        if calls["n"] > n_params + 3:  # past the first loop, a few parameters into the swap
+            raise torch.OutOfMemoryError("simulated: out of memory")
+        return real(dtype)
+
+    monkeypatch.setattr(model_state, "compute_dtype", failing_compute_dtype)
+    with pytest.raises(GradInitError, match="out of memory"):
+        gradinit(model, reversal_batches(2, seed=3), quiet(iters=2))
+    assert calls["n"] > n_params + 3
+    assert_same_state(model, before)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
 # --- reproducibility and persistence -------------------------------------------------------
 def test_same_seed_same_scales(quiet):
     results = [
