@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import sys
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -245,7 +246,8 @@ class InitializerCallback(TrainerCallback):
         self.save_path = save_path
         self.result_file = result_file
         self.result: Any = None
-        self._done_for: int | None = None
+        # A weak reference, not id(): a new model may reuse a collected one's id.
+        self._done_for: weakref.ref[nn.Module] | None = None
 
     def on_train_begin(
         self,
@@ -263,7 +265,7 @@ class InitializerCallback(TrainerCallback):
             logger.info("Resuming from step %d: the checkpoint holds the initialised weights; %s skipped.",
                         state.global_step, self.spec.name)  # fmt: skip
             return
-        if self._done_for == id(core) or self.spec.name == "default":
+        if (self._done_for is not None and self._done_for() is core) or self.spec.name == "default":
             return
         trainer = _calling_trainer()
         _refuse_sharded(args, model, trainer)
@@ -289,7 +291,7 @@ class InitializerCallback(TrainerCallback):
             self.result = self.spec.fn(core, data, config, loss_fn=loss_fn, distributed=None)
             if self.save_path is not None and self.result is not None and state.is_world_process_zero:
                 self.result.save(self.save_path)
-        self._done_for = id(core)
+        self._done_for = weakref.ref(core)
         self._report(trainer, state)
 
     def _config(self, args: TrainingArguments, state: TrainerState) -> Any:
