@@ -29,6 +29,8 @@ from .config import HVP_MODES, TARGETS, GradInitConfig
 from .data import Batch
 from .errors import GradInitError
 from .initializers import RegisteredNames, get_initializer
+from .lsuv import LSUVConfig
+from .metainit import MetaInitConfig
 from .trainer import InitializerCallback, _ShardedBatches, _sharding, gradinit_batch_size, make_model_init
 
 SCALES_FILE_NAME = "init_scales.json"
@@ -84,6 +86,30 @@ class InitArguments:
         metadata={"help": "Hessian-vector products of constraint steps.", "choices": list(HVP_MODES)},
     )
     gradinit_seed: int = field(default=0, metadata={"help": "Seed of the GradInit run."})
+    gradinit_beta1: float | None = field(
+        default=None, metadata={"help": "Scale-Adam beta1, with --gradinit_beta2 (default: 0.9)."}
+    )
+    gradinit_beta2: float | None = field(
+        default=None, metadata={"help": "Scale-Adam beta2, with --gradinit_beta1 (default: 0.999 SGD, 0.98 Adam)."}
+    )
+    gradinit_bias_min_scale: float = field(default=0.0, metadata={"help": "Lower bound of bias scales."})
+    gradinit_weight_decay: float = field(
+        default=0.0, metadata={"help": "Weight decay modelled in the virtual step (the paper: 0)."}
+    )
+    lsuv_tol: float = field(default=0.1, metadata={"help": "LSUV: tolerance on each layer's output std."})
+    lsuv_max_tries: int = field(default=10, metadata={"help": "LSUV: rescaling tries per layer."})
+    lsuv_orthonormal: bool = field(default=True, metadata={"help": "LSUV: orthonormal pre-initialisation first."})
+    metainit_lr: float = field(
+        default=0.1, metadata={"help": "MetaInit: step on each tensor's norm (paper: 0.1; scale it to the norms)."}
+    )
+    metainit_steps: int = field(default=500, metadata={"help": "MetaInit: sign-SGD steps."})
+    metainit_momentum: float = field(default=0.9, metadata={"help": "MetaInit: momentum."})
+    metainit_hvp: str = field(
+        default="exact", metadata={"help": "MetaInit: Hessian-vector products.", "choices": list(HVP_MODES)}
+    )
+    metainit_random_inputs: bool = field(
+        default=False, metadata={"help": "MetaInit: random inputs and labels, as the paper, instead of real batches."}
+    )
     init_scales_file: str | None = field(
         default=None, metadata={"help": "Re-apply an initialisation saved earlier (JSON) instead of learning one."}
     )
@@ -92,6 +118,8 @@ class InitArguments:
     )
 
     def __post_init__(self) -> None:
+        if (self.gradinit_beta1 is None) != (self.gradinit_beta2 is None):
+            raise ValueError("Give both --gradinit_beta1 and --gradinit_beta2, or neither.")
         if self.init_scales_file is not None and not os.path.isfile(self.init_scales_file):
             raise ValueError(f"--init_scales_file {self.init_scales_file}: no such file.")
 
@@ -112,12 +140,25 @@ class InitArguments:
             overlap=self.gradinit_overlap,
             hvp=self.gradinit_hvp,  # type: ignore[arg-type]
             seed=self.gradinit_seed,
+            betas=None if self.gradinit_beta1 is None else (self.gradinit_beta1, self.gradinit_beta2),  # type: ignore[arg-type]
+            bias_min_scale=self.gradinit_bias_min_scale,
+            weight_decay=self.gradinit_weight_decay,
         )
 
     def initializer_config(self) -> Any:
         spec = get_initializer(self.model_init)
         if spec.config_class is GradInitConfig:
             return self.gradinit_config()
+        if spec.config_class is LSUVConfig:
+            return LSUVConfig(tol=self.lsuv_tol, max_tries=self.lsuv_max_tries, orthonormal=self.lsuv_orthonormal)
+        if spec.config_class is MetaInitConfig:
+            return MetaInitConfig(
+                lr=self.metainit_lr,
+                steps=self.metainit_steps,
+                momentum=self.metainit_momentum,
+                hvp=self.metainit_hvp,  # type: ignore[arg-type]
+                random_inputs=self.metainit_random_inputs,
+            )
         return spec.config_class() if spec.config_class is not None else None
 
     def save_path(self, training_args: TrainingArguments) -> str | None:

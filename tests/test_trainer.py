@@ -307,6 +307,30 @@ def test_parse_gradinit_arguments(tmp_path):
     assert (init.model_init, config.iters, config.lr, config.gamma, config.hvp) == ("gradinit", 5, 0.02, 300.0, "exact")
     assert (config.target, config.min_scale, config.eta) == ("sgd", 0.05, None)
     assert init.gradinit_batch_size == 9 and init.save_path(args).endswith("init_scales.json")
+    assert config.betas is None and config.weight_decay == 0.0  # the target's reference values
+
+
+def test_parse_every_initialisers_own_options(tmp_path):
+    from hf_gradinit import LSUVConfig, MetaInitConfig
+
+    _, init = parse(
+        tmp_path, "--model_init", "gradinit", "--gradinit_beta1", "0.8", "--gradinit_beta2", "0.95",
+        "--gradinit_bias_min_scale", "0.1", "--gradinit_weight_decay", "1e-4",
+    )  # fmt: skip
+    config = init.initializer_config()
+    assert (config.betas, config.bias_min_scale, config.weight_decay) == ((0.8, 0.95), 0.1, 1e-4)
+    _, init = parse(tmp_path, "--model_init", "lsuv", "--lsuv_tol", "0.05", "--lsuv_max_tries", "3")
+    config = init.initializer_config()
+    assert isinstance(config, LSUVConfig) and (config.tol, config.max_tries, config.orthonormal) == (0.05, 3, True)
+    _, init = parse(
+        tmp_path, "--model_init", "metainit", "--metainit_lr", "0.01", "--metainit_steps", "7",
+        "--metainit_hvp", "finite_difference", "--metainit_random_inputs", "true",
+    )  # fmt: skip
+    config = init.initializer_config()
+    assert isinstance(config, MetaInitConfig)
+    assert (config.lr, config.steps, config.hvp, config.random_inputs) == (0.01, 7, "finite_difference", True)
+    with pytest.raises(ValueError, match="both --gradinit_beta1 and --gradinit_beta2"):
+        parse(tmp_path, "--model_init", "gradinit", "--gradinit_beta2", "0.95")
 
 
 def test_parse_rejects_unknown_initialiser_with_choices(tmp_path, capsys):
