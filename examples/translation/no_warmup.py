@@ -26,20 +26,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))
+
+from hf_gradinit.reporting import append_jsonl, mean_std, read_jsonl, run_all, run_logged  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -94,30 +93,15 @@ def command(run: Run, args: argparse.Namespace, out_dir: Path) -> list[str]:
     return cmd + list(args.run_args)
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     out_dir = args.out / "runs" / run.key
     cmd = command(run, args, out_dir)
     started = time.time()
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    if args.threads_per_run:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads_per_run)
-    with open(args.out / "logs" / f"{run.key}.log", "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
-    record: dict[str, Any] = {
-        **asdict(run),
-        "key": run.key,
-        "command": " ".join(cmd[1:]),
-        "returncode": proc.returncode,
-    }
+    code = run_logged(cmd, args.out / "logs" / f"{run.key}.log", threads=args.threads_per_run, pythonpath=str(REPO))
+    record: dict[str, Any] = {**asdict(run), "key": run.key, "command": " ".join(cmd[1:]), "returncode": code}
     record["wall_time_s"] = time.time() - started
     results_file = out_dir / "all_results.json"
-    if proc.returncode == 0 and results_file.exists():
+    if code == 0 and results_file.exists():
         metrics = json.loads(results_file.read_text())
         kept = (
             "eval_bleu",
@@ -139,15 +123,6 @@ def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:
 def bleu_of(record: dict[str, Any]) -> float:
     value = record.get("predict_bleu", record.get("eval_bleu"))
     return float("nan") if value is None else float(value)
-
-
-def _mean_std(values: list[float]) -> str:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return "failed"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def write_table(records: list[dict[str, Any]], path: Path) -> None:
@@ -172,7 +147,7 @@ def write_table(records: list[dict[str, Any]], path: Path) -> None:
                 continue
             losses = [r["loss_curve"][-1][1] for r in rs if r.get("loss_curve")]
             loss = f" [{statistics.fmean(losses):.2f}]" if losses else ""
-            cells.append(f"{_mean_std([bleu_of(r) for r in rs])}{loss} (n={len(rs)})")
+            cells.append(f"{mean_std([bleu_of(r) for r in rs])}{loss} (n={len(rs)})")
         lines.append(f"| {label} | {lr:g} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
@@ -259,26 +234,20 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             parser.error(f"variant {v!r}: INIT must be one of {available_initializers()}, BASE 'model' or 'xavier'.")
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.jsonl"
-    done = {r["key"] for r in read_results(results_path)}
+    done = {r["key"] for r in read_jsonl(results_path)}
     todo = [] if args.report_only else [r for r in plan(args) if r.key not in done]
     print(f"{len(done)} runs already done, {len(todo)} to go", flush=True)
-    lock = threading.Lock()
 
     def run_one(i: int, run: Run) -> None:
         record = execute(run, args)
-        with lock:  # one writer at a time keeps results.jsonl whole lines
-            with open(results_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            status = "" if record["returncode"] == 0 else " FAILED"
-            print(
-                f"[{i}/{len(todo)}] {run.key}: BLEU {bleu_of(record):.2f}, {record['wall_time_s']:.0f}s{status}",
-                flush=True,
-            )
+        append_jsonl(results_path, record)
+        status = "" if record["returncode"] == 0 else " FAILED"
+        print(
+            f"[{i}/{len(todo)}] {run.key}: BLEU {bleu_of(record):.2f}, {record['wall_time_s']:.0f}s{status}", flush=True
+        )
 
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        for future in [pool.submit(run_one, i, run) for i, run in enumerate(todo, 1)]:
-            future.result()
-    records = read_results(results_path)
+    run_all(todo, run_one, args.jobs)
+    records = read_jsonl(results_path)
     if records:
         write_table(records, args.out / "results.md")
         write_plots(records, args.out)

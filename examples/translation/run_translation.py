@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from transformers import (
     AutoConfig,
     AutoModelForSeq2SeqLM,
@@ -58,6 +56,7 @@ from transformers import (
 )
 
 from hf_gradinit import InitArguments, trainer_init_kwargs
+from hf_gradinit.reporting import machine_description
 from hf_gradinit.schemes import xavier_init
 from hf_gradinit.trainer import InitializerCallback
 
@@ -301,16 +300,6 @@ def build_config(model_args: ModelArguments, tokenizer) -> Any:
 
 
 # --- the run -------------------------------------------------------------------------------
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cpus{gpu}, torch {torch.__version__}"
-
-
 def parse_args(argv: list[str] | None = None):
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments, InitArguments))
     parser.set_defaults(**SCRIPT_DEFAULTS)

@@ -1,0 +1,85 @@
+"""Small helpers for experiment scripts: the machine a result was measured on, mean ± std over
+seeds, and JSON-lines result files that several runs may append to at once.
+
+>>> mean_std([1.0, 2.0, 3.0])
+'2.00 ± 1.00'
+>>> mean_std([float("nan")])
+'failed'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_APPEND_LOCK = threading.Lock()
+
+
+def machine_description() -> str:
+    """CPU model, core count, GPU (if any) and torch version, for a results file."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cpus{gpu}, torch {torch.__version__}"
+
+
+def mean_std(values: Iterable[float], digits: int = 2) -> str:
+    """``"mean ± std"`` over the finite values (one value alone; ``"failed"`` for none)."""
+    finite = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    if not finite:
+        return "failed"
+    if len(finite) == 1:
+        return f"{finite[0]:.{digits}f}"
+    return f"{statistics.fmean(finite):.{digits}f} ± {statistics.stdev(finite):.{digits}f}"
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of a JSON-lines file (none if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one record as one line; threads of one sweep never interleave their lines."""
+    with _APPEND_LOCK, open(path, "a") as f:
+        f.write(json.dumps(record, default=str) + "\n")
+
+
+def run_logged(
+    cmd: list[str], log_path: str | Path, *, threads: int | None = None, pythonpath: str | None = None
+) -> int:
+    """Run ``cmd`` with its output in ``log_path``; ``threads`` sets its OMP/MKL threads (several
+    runs side by side on one CPU), ``pythonpath`` is put first on its ``PYTHONPATH``."""
+    import subprocess
+
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (pythonpath, env.get("PYTHONPATH")) if p)
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    with open(log_path, "w") as log:
+        return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+
+
+def run_all(items: list[Any], fn: Any, jobs: int = 1) -> None:
+    """``fn(i, item)`` for every item, ``jobs`` at a time (threads; each item is its own process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in [pool.submit(fn, i, item) for i, item in enumerate(items, 1)]:
+            future.result()
