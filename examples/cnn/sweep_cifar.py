@@ -1,0 +1,187 @@
+#!/usr/bin/env python
+"""The paper's CIFAR-10 comparison in one harness: initialisations x models x seeds, each a
+``train_cifar.py`` run, reported like the paper's Table 1 (Acc1 and Acc_best, mean ± std).
+
+A variant is ``INIT[+warmup]``: ``INIT`` any registered initialiser (``default`` is Kaiming),
+``+warmup`` adds ``--warmup_epochs 1`` (the paper's warmup baseline). Every finished run is
+appended to ``results.jsonl`` in ``--out``, so running the same command again resumes a half-done
+sweep; ``results.md`` (the table) and ``accuracy.png`` (test accuracy over the first epochs, one
+panel per model) are rewritten from everything in the file. Arguments after ``--`` go to every
+run unchanged.
+
+    python examples/cnn/sweep_cifar.py --out runs/cifar_sweep --models resnet20_bn vgg11_bn \\
+        --variants default default+warmup gradinit metainit --seeds 0 1 2 --jobs 2 --threads_per_run 1 \\
+        -- --data_dir ../shared/data/cifar10/cifar10-jpeg.tar.xz --train_samples 10000 --num_train_epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(REPO))
+
+from hf_gradinit import available_initializers  # noqa: E402
+from hf_gradinit.reporting import append_jsonl, mean_std, read_jsonl, run_all, run_logged  # noqa: E402
+
+KEPT = ("acc1", "acc_best", "acc_final", "accuracy_curve", "train_loss", "train_runtime", "init_seconds",
+        "init_fraction_of_train_runtime", "parameters", "train_samples", "test_samples", "machine")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Run:
+    model: str
+    variant: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}_{self.variant}_s{self.seed}"
+
+    @property
+    def init(self) -> str:
+        return self.variant.removesuffix("+warmup")
+
+    @property
+    def warmup(self) -> bool:
+        return self.variant.endswith("+warmup")
+
+
+def command(run: Run, args: argparse.Namespace) -> list[str]:
+    cmd = [
+        sys.executable, str(HERE / "train_cifar.py"), "--output_dir", str(args.out / "runs" / run.key),
+        "--model", run.model, "--model_init", run.init, "--seed", str(run.seed), "--disable_tqdm", "true",
+    ]  # fmt: skip
+    if run.warmup:
+        cmd += ["--warmup_epochs", "1"]
+    return cmd + list(args.run_args)
+
+
+def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = command(run, args)
+    started = time.time()
+    code = run_logged(cmd, args.out / "logs" / f"{run.key}.log", threads=args.threads_per_run, pythonpath=str(REPO))
+    record: dict[str, Any] = {**asdict(run), "key": run.key, "command": " ".join(cmd[1:]), "returncode": code}
+    record["wall_time_s"] = time.time() - started
+    results_file = args.out / "runs" / run.key / "all_results.json"
+    if code == 0 and results_file.exists():
+        metrics = json.loads(results_file.read_text())
+        record.update({k: metrics.get(k) for k in KEPT})
+    return record
+
+
+def _ordered(values: list[str], first: list[str]) -> list[str]:
+    """Distinct ``values``, those named in ``first`` first and in its order."""
+    distinct = list(dict.fromkeys(values))
+    return [v for v in first if v in distinct] + [v for v in distinct if v not in first]
+
+
+def write_table(records: list[dict[str, Any]], path: Path, models: list[str], variants: list[str]) -> None:
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["variant"], r["model"])].append(r)
+    lines = [
+        "Test accuracy (%), mean ± std over seeds (n = runs): Acc1 after the first epoch, Acc_best the best epoch.",
+        "",
+        "| init | metric | " + " | ".join(models) + " |",
+        "|---|---|" + "---|" * len(models),
+    ]
+    for variant in variants:
+        for metric, label in (("acc1", "Acc1"), ("acc_best", "Acc_best")):
+            cells = []
+            for model in models:
+                rs = groups.get((variant, model), [])
+                values = [r.get(metric) if r.get("returncode") == 0 else None for r in rs]
+                cells.append(f"{mean_std(values)} (n={len(rs)})" if rs else "")
+            lines.append(f"| {variant} | {label} | " + " | ".join(cells) + " |")
+    fractions = [r["init_fraction_of_train_runtime"] for r in records if r.get("init_fraction_of_train_runtime")]
+    if fractions:
+        lines += [
+            "",
+            f"Initialiser time / training time: median {statistics.median(fractions):.1%} over {len(fractions)} runs.",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(records: list[dict[str, Any]], path: Path, epochs: int, models: list[str], variants: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(models), figsize=(4.8 * len(models), 3.8), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        for i, variant in enumerate(variants):
+            for j, r in enumerate(x for x in records if x["model"] == model and x["variant"] == variant):
+                curve = [(e, a) for e, a in (r.get("accuracy_curve") or []) if e <= epochs]
+                if curve:
+                    ax.plot(*zip(*curve, strict=True), color=f"C{i}", marker="o", ms=3, alpha=0.75,
+                            label=variant if j == 0 else None)  # fmt: skip
+        ax.set_title(model)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    run_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, results.md, the plot, runs")
+    parser.add_argument("--models", nargs="+", default=["resnet20_bn"], help="model names (see cifar_models.py)")
+    parser.add_argument("--variants", nargs="+", default=["default", "default+warmup", "gradinit"],
+                        help="INIT[+warmup], INIT a registered initialiser")  # fmt: skip
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--threads_per_run", type=int, default=None, help="OMP/MKL threads of each run")
+    parser.add_argument("--plot_epochs", type=int, default=10, help="epochs shown in accuracy.png")
+    parser.add_argument("--report_only", action="store_true", help="run nothing: rewrite the table and plot")
+    args = parser.parse_args(argv)
+    args.run_args = run_args
+    for variant in args.variants:
+        if variant.removesuffix("+warmup") not in available_initializers():
+            parser.error(f"variant {variant!r}: INIT must be one of {available_initializers()}, optionally +warmup.")
+    (args.out / "logs").mkdir(parents=True, exist_ok=True)
+    results_path = args.out / "results.jsonl"
+    done = {r["key"] for r in read_jsonl(results_path)}
+    plan = [Run(m, v, s) for m in args.models for v in args.variants for s in args.seeds]
+    todo = [] if args.report_only else [r for r in plan if r.key not in done]
+    print(f"{len(done)} runs already done, {len(todo)} to go", flush=True)
+
+    def run_one(i: int, run: Run) -> None:
+        record = execute(run, args)
+        append_jsonl(results_path, record)
+        status = "" if record["returncode"] == 0 else f" FAILED (see logs/{run.key}.log)"
+        print(f"[{i}/{len(todo)}] {run.key}: Acc1 {record.get('acc1')}, best {record.get('acc_best')},"
+              f" {record['wall_time_s']:.0f}s{status}", flush=True)  # fmt: skip
+
+    run_all(todo, run_one, args.jobs)
+    records = read_jsonl(results_path)
+    if records:
+        models = _ordered([r["model"] for r in records], args.models)
+        variants = _ordered([r["variant"] for r in records], args.variants)
+        write_table(records, args.out / "results.md", models, variants)
+        write_plot(records, args.out / "accuracy.png", args.plot_epochs, models, variants)
+        print((args.out / "results.md").read_text())
+    return records
+
+
+if __name__ == "__main__":
+    main()

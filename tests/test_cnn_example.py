@@ -1,0 +1,198 @@
+"""examples/cnn: the paper's CIFAR networks, the data, train_cifar.py and the sweep (CPU, small)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("datasets")
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples" / "cnn"))
+DATA = Path(os.environ.get("HF_GRADINIT_DATA", REPO.parent / "shared" / "data"))
+CIFAR_ARCHIVE = DATA / "cifar10" / "cifar10-jpeg.tar.xz"
+
+import cifar_data  # noqa: E402
+import train_cifar  # noqa: E402
+from cifar_models import MODEL_NAMES, ScalarScale, build_model  # noqa: E402
+
+TINY = [
+    "--width_mult", "0.25", "--builtin_train_size", "96", "--builtin_test_size", "64", "--num_train_epochs", "2",
+    "--per_device_train_batch_size", "32", "--disable_tqdm", "true", "--logging_steps", "1",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["vgg11_nobn", "vgg19_bn", "resnet20_nobn", "resnet56_bn"])
+def test_architectures_forward_backward(name):
+    torch.manual_seed(0)
+    model = build_model(name, width_mult=0.25)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    out = model(x, labels=y)
+    assert out.logits.shape == (4, 10) and out.loss.ndim == 0
+    assert model(x).loss is None
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert has_bn == name.endswith("_bn")
+
+
+def test_parameter_counts_match_the_paper():
+    assert sum(p.numel() for p in build_model("vgg19_nobn").parameters()) / 1e6 == pytest.approx(20.03, abs=0.01)
+    resnet110 = sum(p.numel() for p in build_model("resnet110_bn").parameters()) / 1e6
+    assert resnet110 == pytest.approx(1.73, abs=0.01)
+    assert sum(p.numel() for p in build_model("resnet20_bn").parameters()) / 1e6 == pytest.approx(0.27, abs=0.01)
+
+
+def test_resnet_without_bn_has_scalar_biases_and_a_multiplier_per_branch():
+    model = build_model("resnet20_nobn")
+    assert sum(isinstance(m, ScalarScale) for m in model.modules()) == 9  # one per residual block
+    scalars = [n for n, p in model.named_parameters() if p.numel() == 1]
+    assert len(scalars) == 9 * 5 + 2  # 4 biases + 1 multiplier per block; stem and head biases
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_default_init_is_kaiming_fan_out():
+    torch.manual_seed(0)
+    conv = build_model("vgg19_nobn").features[2]  # 64 -> 64 channels, 3x3
+    assert isinstance(conv, nn.Conv2d)
+    expected = math.sqrt(2 / (64 * 9))
+    assert conv.weight.std().item() == pytest.approx(expected, rel=0.02) and conv.bias.abs().sum() == 0
+
+
+def test_unknown_model_and_bad_width_are_refused():
+    with pytest.raises(ValueError, match="choose one of"):
+        build_model("vgg12_bn")
+    with pytest.raises(ValueError, match="6n\\+2"):
+        build_model("resnet21_bn")
+    with pytest.raises(ValueError, match="positive"):
+        build_model("resnet20_bn", width_mult=0)
+    assert "resnet110_nobn" in MODEL_NAMES and "vgg19_bn" in MODEL_NAMES
+
+
+def test_builtin_shapes_are_balanced_and_seeded():
+    x, y = cifar_data.builtin_shapes(50, seed=3)
+    assert x.shape == (50, 3, 32, 32) and x.dtype == torch.uint8
+    assert torch.bincount(y, minlength=10).tolist() == [5] * 10
+    x2, y2 = cifar_data.builtin_shapes(50, seed=3)
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_augmentation_keeps_shape_and_eval_is_deterministic():
+    x, y = cifar_data.builtin_shapes(4, seed=0)
+    train = cifar_data.CifarDataset(x, y, train=True, cutout=16)
+    test = cifar_data.CifarDataset(x, y, train=False)
+    torch.manual_seed(0)
+    item = train[0]
+    assert item["pixel_values"].shape == (3, 32, 32) and item["labels"] == y[0]
+    assert torch.equal(test[1]["pixel_values"], test[1]["pixel_values"])
+    mean = torch.tensor(cifar_data.CIFAR_MEAN).view(3, 1, 1)
+    std = torch.tensor(cifar_data.CIFAR_STD).view(3, 1, 1)
+    assert torch.allclose(test[1]["pixel_values"], (x[1].float() / 255 - mean) / std)
+
+
+def _train(tmp_path, *argv: str) -> dict:
+    return train_cifar.main(["--output_dir", str(tmp_path / "out"), *TINY, *argv])
+
+
+@pytest.mark.parametrize(("model", "init"), [("resnet20_bn", "default"), ("vgg11_nobn", "gradinit")])
+def test_train_script_end_to_end_on_builtin_data(tmp_path, model, init):
+    results = _train(tmp_path, "--model", model, "--model_init", init, "--gradinit_iters", "3")
+    saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert saved["acc1"] == results["acc1"] and 0 <= results["acc1"] <= 100
+    assert [e for e, _ in results["accuracy_curve"]] == [1.0, 2.0]
+    assert results["acc_best"] == max(a for _, a in results["accuracy_curve"])
+    assert results["machine"] and results["command"] and results["wall_time_s"] > 0
+    if init == "gradinit":
+        config = results["init_config"]
+        # the paper's VGG-without-BN preset; SGD target with the normalised step at the training lr
+        assert (config["lr"], config["target"], config["eta"], config["normalize_step"]) == (1e-2, "sgd", 0.1, True)
+        assert config["gamma"] == 1.0 and config["iters"] == 3
+        assert results["init_seconds"] > 0 and results["init_fraction_of_train_runtime"] > 0
+    else:
+        assert "init_seconds" not in results
+
+
+def test_presets_and_recipe_resolution(tmp_path, monkeypatch):
+    """Iterations default to one epoch of batches, the scale lr to the family's; gradient
+    clipping is on without BatchNorm only; weight decay skips BatchNorm and scalar parameters."""
+    seen = {}
+    real_init = train_cifar.CifarTrainer.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        seen["trainer"] = self
+
+    monkeypatch.setattr(train_cifar.CifarTrainer, "__init__", spy)
+    results = _train(tmp_path, "--model", "resnet20_bn", "--model_init", "gradinit", "--num_train_epochs", "1",
+                     "--warmup_epochs", "1")  # fmt: skip
+    assert results["init_config"]["iters"] == 3 and results["init_config"]["lr"] == 1e-3  # ceil(96/32); ResNet+BN
+    trainer = seen["trainer"]
+    assert trainer.args.max_grad_norm == 0.0 and trainer.args.warmup_steps == 3
+    decayed = set(trainer.get_decay_parameter_names(trainer.model))
+    assert "conv1.weight" in decayed and "fc.weight" in decayed
+    assert not any(".bn" in n or n.startswith("stem") or "shortcut.norm" in n for n in decayed)
+    _train(tmp_path, "--model", "resnet20_nobn", "--num_train_epochs", "1")
+    trainer = seen["trainer"]
+    assert trainer.args.max_grad_norm == 1.0
+    decayed = set(trainer.get_decay_parameter_names(trainer.model))
+    scalars = {n for n, p in trainer.model.named_parameters() if p.numel() == 1}  # biases, multipliers
+    assert "layer1.0.conv1.weight" in decayed and "fc.bias" in decayed and not decayed & scalars
+
+
+def _fails(tmp_path, capsys, *argv: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        _train(tmp_path, *argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_arguments_exit_with_clear_messages(tmp_path, capsys):
+    assert "choose one of" in _fails(tmp_path, capsys, "--model", "vgg12_bn")
+    assert "no such file or folder" in _fails(tmp_path, capsys, "--data_dir", str(tmp_path / "nope"))
+    (tmp_path / "flat").mkdir()
+    assert "no train or test/ folder" in _fails(tmp_path, capsys, "--data_dir", str(tmp_path / "flat"))
+    (tmp_path / "cifar.zip").write_bytes(b"PK")
+    assert "expected a folder or a .tar" in _fails(tmp_path, capsys, "--data_dir", str(tmp_path / "cifar.zip"))
+    assert "--train_samples must be positive" in _fails(tmp_path, capsys, "--train_samples", "0")
+    assert "--cutout" in _fails(tmp_path, capsys, "--cutout", "-2")
+    assert "invalid choice: 'nope'" in _fails(tmp_path, capsys, "--model_init", "nope")
+
+
+@pytest.mark.skipif(not CIFAR_ARCHIVE.exists(), reason=f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}")
+def test_real_cifar_slice_from_the_shared_archive(tmp_path):
+    results = _train(
+        tmp_path, "--data_dir", str(CIFAR_ARCHIVE), "--cache_dir", str(tmp_path / "cache"),
+        "--train_samples", "128", "--eval_samples", "64", "--num_train_epochs", "1", "--model", "resnet20_bn",
+    )  # fmt: skip
+    assert results["train_samples"] == 128 and results["test_samples"] == 64 and results["acc1"] is not None
+
+
+def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    import sweep_cifar
+
+    argv = [
+        "--out", str(tmp_path / "sweep"), "--models", "resnet20_nobn", "--variants", "default", "gradinit+warmup",
+        "--seeds", "0", "1", "--jobs", "2", "--threads_per_run", "1",
+        "--", *TINY, "--num_train_epochs", "1", "--gradinit_iters", "2",
+    ]  # fmt: skip
+    records = sweep_cifar.main(argv)
+    assert len(records) == 4 and all(r["returncode"] == 0 for r in records), [r["returncode"] for r in records]
+    warm = next(r for r in records if r["variant"] == "gradinit+warmup")
+    assert "--warmup_epochs 1" in warm["command"] and "--model_init gradinit" in warm["command"]
+    assert warm["init_seconds"] > 0
+    table = (tmp_path / "sweep" / "results.md").read_text()
+    assert "| default | Acc1 |" in table and "| gradinit+warmup | Acc_best |" in table and "(n=2)" in table
+    assert (tmp_path / "sweep" / "accuracy.png").stat().st_size > 0
+    capsys.readouterr()
+    again = sweep_cifar.main(argv)
+    assert len(again) == 4 and "4 runs already done, 0 to go" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        sweep_cifar.main(["--out", str(tmp_path / "x"), "--variants", "magic"])
