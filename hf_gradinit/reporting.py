@@ -83,3 +83,22 @@ def run_all(items: list[Any], fn: Any, jobs: int = 1) -> None:
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for future in [pool.submit(fn, i, item) for i, item in enumerate(items, 1)]:
             future.result()
+
+
+def sweep_parser(doc: str, argv: list[str] | None) -> tuple[Any, list[str], list[str]]:
+    """An ``argparse`` parser with the options every sweep script has (``--out``, ``--jobs``,
+    ``--threads_per_run``, ``--report_only``), the sweep's own arguments, and those after
+    ``--``, which go to every run unchanged."""
+    import argparse
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, passthrough = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, the table, plots, runs")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--threads_per_run", type=int, default=None, help="OMP/MKL threads of each run")
+    parser.add_argument("--report_only", action="store_true", help="run nothing: rewrite table and plots")
+    return parser, own, passthrough

@@ -31,7 +31,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 from hf_gradinit import available_initializers  # noqa: E402
-from hf_gradinit.reporting import append_jsonl, mean_std, read_jsonl, run_all, run_logged  # noqa: E402
+from hf_gradinit.reporting import append_jsonl, mean_std, read_jsonl, run_all, run_logged, sweep_parser  # noqa: E402
 
 KEPT = ("acc1", "acc_best", "acc_final", "accuracy_curve", "train_loss", "train_runtime", "init_seconds",
         "init_fraction_of_train_runtime", "parameters", "train_samples", "test_samples", "machine")  # fmt: skip
@@ -138,21 +138,12 @@ def write_plot(records: list[dict[str, Any]], path: Path, epochs: int, models: l
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    run_args = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, results.md, the plot, runs")
+    parser, argv, run_args = sweep_parser(__doc__, argv)
     parser.add_argument("--models", nargs="+", default=["resnet20_bn"], help="model names (see cifar_models.py)")
     parser.add_argument("--variants", nargs="+", default=["default", "default+warmup", "gradinit"],
                         help="INIT[+warmup], INIT a registered initialiser")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
-    parser.add_argument("--threads_per_run", type=int, default=None, help="OMP/MKL threads of each run")
     parser.add_argument("--plot_epochs", type=int, default=10, help="epochs shown in accuracy.png")
-    parser.add_argument("--report_only", action="store_true", help="run nothing: rewrite the table and plot")
     args = parser.parse_args(argv)
     args.run_args = run_args
     for variant in args.variants:

@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from hf_gradinit.reporting import append_jsonl, mean_std, read_jsonl, run_all, run_logged  # noqa: E402
+from hf_gradinit.reporting import append_jsonl, mean_std, read_jsonl, run_all, run_logged, sweep_parser  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -202,13 +202,7 @@ def write_plots(records: list[dict[str, Any]], out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    run_args = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--out", type=Path, required=True, help="folder for results.jsonl, results.md, plots, runs")
+    parser, argv, run_args = sweep_parser(__doc__, argv)
     parser.add_argument("--variants", nargs="+", default=None, help="[BASE/]INIT[+warmup] (default: see above)")
     parser.add_argument("--adam_lrs", nargs="*", type=float, default=[5e-4, 1e-3, 5e-3])
     parser.add_argument("--sgd_lrs", nargs="*", type=float, default=[])
@@ -216,13 +210,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--warmup", type=int, default=400, help="warmup steps of the +warmup variants")
     parser.add_argument("--logging_steps", type=int, default=25)
-    parser.add_argument(
-        "--report_only", action="store_true", help="run nothing: rewrite results.md and the plots from results.jsonl"
-    )
-    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
-    parser.add_argument(
-        "--threads_per_run", type=int, default=None, help="OMP/MKL threads of each run (default: torch's own choice)"
-    )
     args = parser.parse_args(argv)
     args.run_args = run_args
     args.variants = args.variants or default_variants()
