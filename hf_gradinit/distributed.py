@@ -74,6 +74,12 @@ class Collective:
                 t.copy_(flat[offset : offset + t.numel()].view_as(t))
                 offset += t.numel()
 
+    def max(self, value: float, device: torch.device) -> float:
+        """The largest ``value`` over the processes."""
+        if not self.active:
+            return value
+        return float(self._reduce(torch.tensor([float(value)], device=device), "max"))
+
     def all(self, flag: bool, device: torch.device) -> bool:
         """True when ``flag`` is true on every process."""
         if not self.active:

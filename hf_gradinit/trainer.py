@@ -35,7 +35,7 @@ from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState,
 
 from .config import GradInitConfig
 from .data import Batch, LossFn
-from .distributed import world_size
+from .distributed import Collective, world_size
 from .errors import GradInitError
 from .initializers import InitializerSpec, get_initializer
 
@@ -119,6 +119,11 @@ def _refuse_sharded(args: TrainingArguments, model: nn.Module | None, trainer: T
             "make_model_init(build_model, train_batches, config, training_args=args)), or with"
             " InitArguments, trainer_init_kwargs(..., model_builder=build_model)."
         )
+
+
+def _device_of(trainer: Trainer | None) -> torch.device:
+    # gloo reduces CPU tensors, NCCL only CUDA ones: the Trainer's device is the right one.
+    return trainer.args.device if trainer is not None else torch.device("cpu")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -306,11 +311,17 @@ class InitializerCallback(TrainerCallback):
         metrics_fn = getattr(self.result, "metrics", None)
         if metrics_fn is None:
             return
-        metrics = metrics_fn(prefix=f"{self.spec.name}/")
+        metrics = dict(metrics_fn(prefix=f"{self.spec.name}/"))
+        comm = Collective()
+        if comm.active:
+            # Losses, norms and scales are already equal on every rank (averaged in the loop);
+            # wall times are not: report the slowest rank's, the time the run waited.
+            for key in [k for k in metrics if k.endswith("seconds")]:
+                metrics[key] = comm.max(metrics[key], _device_of(trainer))
         if state.is_world_process_zero and hasattr(self.result, "summary"):
             logger.info("\n%s", self.result.summary(max_rows=15))
         if trainer is not None:
-            trainer.log(dict(metrics))
+            trainer.log(metrics)
         else:  # driven outside a Trainer: keep the figures where the Trainer would
             state.log_history.append({**metrics, "step": state.global_step})
 

@@ -68,6 +68,13 @@ def test_both_ranks_ran_ddp_and_hold_identical_weights(ranks):
     assert moved
 
 
+def test_logged_summary_is_the_same_on_every_rank(ranks):
+    """What the Trainer logs is reduced across processes: averaged figures, the slowest time."""
+    r0, r1 = ranks
+    assert r0["logged"] == r1["logged"]
+    assert r0["logged"]["gradinit/seconds"] == pytest.approx(max(r0["total_s"], r1["total_s"]))
+
+
 def test_scales_match_single_process_run_over_the_union_of_shards(ranks):
     """Rebuild each iteration's union of the two ranks' batches from the documented sharding
     (one seeded permutation, rank r takes order[r::2]), run GradInit in one process on it."""

@@ -58,6 +58,8 @@ def main(out_dir: str) -> None:
             "scales": callback.result.scales,
             "history": callback.result.history,
             "config": callback.result.config,
+            "total_s": callback.result.timings["total_s"],
+            "logged": next(h for h in trainer.state.log_history if "gradinit/seconds" in h),
         },
         os.path.join(out_dir, f"rank{os.environ['RANK']}.pt"),
     )
