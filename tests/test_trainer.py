@@ -127,6 +127,22 @@ def test_seq2seq_trainer_with_callback(tmp_path):
     assert sum("loss" in h for h in trainer.state.log_history) >= 3
 
 
+def test_activation_checkpointing_is_off_during_gradinit_and_back_after(tmp_path):
+    """With activation checkpointing on (the Trainer turns it on before callbacks run), the
+    callback learns the same scales as without it, and checkpointing is on again for training.
+    (The engine tests check the switch itself on a model that checkpoints in GradInit's mode.)"""
+    scales, flags = [], []
+    for checkpointing in (False, True):
+        callback = GradInitCallback(quick(lr=5e-2, gamma=1e6))
+        args = training_args(tmp_path, optim="adamw_torch", activation_checkpointing=checkpointing, max_steps=1)
+        model = tiny_marian(seed=0)
+        Seq2SeqTrainer(model=model, args=args, train_dataset=reversal_dataset(), callbacks=[callback]).train()
+        scales.append(callback.result.scales)
+        flags.append(model.is_activation_checkpointing)
+    assert flags == [False, True]  # on again after GradInit, for the training steps
+    assert scales[0] == scales[1]
+
+
 class DoubledLossTrainer(Seq2SeqTrainer):
     """A Trainer subclass with its own training loss (as label smoothing or a custom
     compute_loss would give)."""
