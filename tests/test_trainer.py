@@ -130,7 +130,7 @@ def test_seq2seq_trainer_with_callback(tmp_path):
 def test_activation_checkpointing_is_off_during_gradinit_and_back_after(tmp_path):
     """With activation checkpointing on (the Trainer turns it on before callbacks run), the
     callback learns the same scales as without it, and checkpointing is on again for training.
-    (The engine tests check the switch itself on a model that checkpoints in GradInit's mode.)"""
+    (test_engine checks that the switch is off while GradInit runs.)"""
     scales, flags = [], []
     for checkpointing in (False, True):
         callback = GradInitCallback(quick(lr=5e-2, gamma=1e6))
