@@ -121,11 +121,6 @@ def _refuse_sharded(args: TrainingArguments, model: nn.Module | None, trainer: T
         )
 
 
-def _device_of(trainer: Trainer | None) -> torch.device:
-    # gloo reduces CPU tensors, NCCL only CUDA ones: the Trainer's device is the right one.
-    return trainer.args.device if trainer is not None else torch.device("cpu")
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     from accelerate.utils import extract_model_from_parallel
 
@@ -297,7 +292,8 @@ class InitializerCallback(TrainerCallback):
             if self.save_path is not None and self.result is not None and state.is_world_process_zero:
                 self.result.save(self.save_path)
         self._done_for = weakref.ref(core)
-        self._report(trainer, state)
+        # gloo reduces CPU tensors, NCCL CUDA ones: the model's device suits its process group.
+        self._report(trainer, state, next((p.device for p in core.parameters()), torch.device("cpu")))
 
     def _config(self, args: TrainingArguments, state: TrainerState) -> Any:
         if self.spec.config_class is not GradInitConfig:
@@ -307,7 +303,7 @@ class InitializerCallback(TrainerCallback):
             config = dataclasses.replace(config, show_progress=False)
         return config
 
-    def _report(self, trainer: Trainer | None, state: TrainerState) -> None:
+    def _report(self, trainer: Trainer | None, state: TrainerState, device: torch.device) -> None:
         metrics_fn = getattr(self.result, "metrics", None)
         if metrics_fn is None:
             return
@@ -317,7 +313,7 @@ class InitializerCallback(TrainerCallback):
             # Losses, norms and scales are already equal on every rank (averaged in the loop);
             # wall times are not: report the slowest rank's, the time the run waited.
             for key in [k for k in metrics if k.endswith("seconds")]:
-                metrics[key] = comm.max(metrics[key], _device_of(trainer))
+                metrics[key] = comm.max(metrics[key], device)
         if state.is_world_process_zero and hasattr(self.result, "summary"):
             logger.info("\n%s", self.result.summary(max_rows=15))
         if trainer is not None:
