@@ -107,6 +107,9 @@ class DataArguments:
     builtin_train_size: int = field(default=5000, metadata={"help": "Training images of the built-in set."})
     builtin_test_size: int = field(default=1000, metadata={"help": "Test images of the built-in set."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where archives are extracted and decoded."})
+    subset_seed: int = field(
+        default=0, metadata={"help": "Seed of the subsets and the built-in set: the same data for every --seed."}
+    )
 
 
 @dataclass
@@ -138,7 +141,7 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def load_data(data_args: DataArguments, seed: int) -> tuple[CifarDataset, CifarDataset, int]:
+def load_data(data_args: DataArguments) -> tuple[CifarDataset, CifarDataset, int]:
     for name in ("train_samples", "eval_samples"):
         value = getattr(data_args, name)
         if value is not None and value <= 0:
@@ -147,18 +150,20 @@ def load_data(data_args: DataArguments, seed: int) -> tuple[CifarDataset, CifarD
         raise UsageError(f"--cutout must be 0 (off) or a positive side length, got {data_args.cutout}.")
     if data_args.data_dir is None:
         logger.info("No --data_dir: using the built-in shapes set (a smoke test, not CIFAR-10).")
-        train = builtin_shapes(data_args.builtin_train_size, seed=1000 + seed)
-        test = builtin_shapes(data_args.builtin_test_size, seed=2000 + seed)
+        train = builtin_shapes(data_args.builtin_train_size, seed=1000 + data_args.subset_seed)
+        test = builtin_shapes(data_args.builtin_test_size, seed=2000 + data_args.subset_seed)
         classes = 10
     else:
         try:
             splits, names = load_cifar(data_args.data_dir, data_args.cache_dir, train_samples=data_args.train_samples,
-                                       test_samples=data_args.eval_samples, seed=seed)  # fmt: skip
+                                       test_samples=data_args.eval_samples, seed=data_args.subset_seed)  # fmt: skip
         except DataError as err:
             raise UsageError(str(err)) from err
         train, test, classes = splits["train"], splits["test"], len(names)
-    train_ds = CifarDataset(*train, train=True, cutout=data_args.cutout).subset(data_args.train_samples, seed)
-    test_ds = CifarDataset(*test, train=False).subset(data_args.eval_samples, seed)
+    train_ds = CifarDataset(*train, train=True, cutout=data_args.cutout).subset(
+        data_args.train_samples, data_args.subset_seed
+    )
+    test_ds = CifarDataset(*test, train=False).subset(data_args.eval_samples, data_args.subset_seed)
     return train_ds, test_ds, classes
 
 
@@ -170,7 +175,7 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
     except ValueError as err:
         raise UsageError(f"--model {model_args.model}: {err}") from err
     set_seed(training_args.seed)
-    train_ds, test_ds, classes = load_data(data_args, training_args.seed)
+    train_ds, test_ds, classes = load_data(data_args)
 
     batch = training_args.per_device_train_batch_size * max(1, training_args.world_size)
     steps_per_epoch = math.ceil(len(train_ds) / batch)
