@@ -73,12 +73,14 @@ def test_json_lines_and_xavier_base(tmp_path):
 
 
 @pytest.mark.skipif(not (DATA / "multi30k" / "raw" / "train.de").exists(), reason=f"Multi30k not found under {DATA}")
-def test_multi30k_slice_with_gradinit(tmp_path):
+@pytest.mark.parametrize("init", ["default", "gradinit"])
+def test_multi30k_slice(tmp_path, init):
     results = run(
         tmp_path, "--data_dir", str(DATA / "multi30k" / "raw"), "--validation_split", "val",
-        "--test_split", "test_2016_flickr", "--max_train_samples", "300", "--model_init", "gradinit",
+        "--test_split", "test_2016_flickr", "--max_train_samples", "300", "--model_init", init,
     )  # fmt: skip
-    assert "predict_bleu" in results and results["train_loss"] > 0
+    assert "predict_bleu" in results and results["train_loss"] > 0 and results["model_init"] == init
+    assert ("init_seconds" in results) == (init == "gradinit")
 
 
 @pytest.mark.skipif(
