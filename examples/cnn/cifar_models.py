@@ -12,6 +12,9 @@ blocks, identity shortcuts that subsample and zero-pad channels), e.g. ``vgg19_n
   block without Fixup's zero initialisation): a learnable scalar bias before each convolution
   and before each activation, and a learnable scalar multiplier at the end of each residual
   branch (biases start at 0, multipliers at 1), so GradInit has a per-branch scale to learn.
+  One difference from the authors' block: the identity path here also carries the first scalar
+  bias (``x + bias1a``) in every block, theirs only where it is subsampled. The results in
+  ``RESULTS.md`` were measured with this block; the bias starts at 0, so the networks start alike.
 * ``forward(pixel_values, labels=None)`` returns ``ImageClassifierOutput`` with the
   cross-entropy ``loss`` when labels are given, so the 🤗 ``Trainer`` trains these models and
   ``hf_gradinit`` finds the loss without a ``loss_fn``.
