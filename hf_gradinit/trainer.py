@@ -322,6 +322,21 @@ class InitializerCallback(TrainerCallback):
             state.log_history.append({**metrics, "step": state.global_step})
 
 
+def initializer_result(trainer: Trainer) -> Any:
+    """The result of the initialiser callback that ran in ``trainer``, or ``None``."""
+    callback = next((c for c in trainer.callback_handler.callbacks if isinstance(c, InitializerCallback)), None)
+    return getattr(callback, "result", None)
+
+
+def initializer_timing(trainer: Trainer, train_runtime: float) -> dict[str, float]:
+    """``init_seconds`` and ``init_fraction_of_train_runtime`` of the initialiser that ran in
+    ``trainer`` (empty when none reported a time), for an example's results file."""
+    seconds = getattr(initializer_result(trainer), "timings", {}).get("total_s")
+    if seconds is None:
+        return {}
+    return {"init_seconds": seconds, "init_fraction_of_train_runtime": seconds / train_runtime}
+
+
 class GradInitCallback(InitializerCallback):
     """Runs GradInit at the start of ``Trainer.train()``.
 

@@ -36,11 +36,6 @@ class DataError(ValueError):
     """A data path or option that cannot work, with what to change."""
 
 
-def default_data_root() -> Path:
-    """``$HF_GRADINIT_DATA``, else ``../shared/data`` next to the repository."""
-    return Path(os.environ.get("HF_GRADINIT_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
-
-
 def default_cache_dir() -> Path:
     return Path(os.environ.get("HF_GRADINIT_CACHE", Path.home() / ".cache" / "hf_gradinit"))
 

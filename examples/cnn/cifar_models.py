@@ -192,8 +192,8 @@ class ResNet(CifarClassifier):
         return self.fc(self.head_bias(x))
 
 
-def build_model(name: str, num_classes: int = 10, width_mult: float = 1.0) -> CifarClassifier:
-    """A model by name (see the module docstring), freshly initialised."""
+def check_model(name: str, width_mult: float = 1.0) -> tuple[str, int, bool]:
+    """``(family, depth, batch_norm)`` of a model name, or a ``ValueError`` saying what is valid."""
     match = re.fullmatch(r"(vgg|resnet)(\d+)_(bn|nobn)", name)
     depth = int(match.group(2)) if match else -1
     valid = (match is not None) and (depth in VGG_LAYOUTS if match.group(1) == "vgg" else (depth - 2) % 6 == 0)
@@ -201,13 +201,17 @@ def build_model(name: str, num_classes: int = 10, width_mult: float = 1.0) -> Ci
         raise ValueError(f"Unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)} (ResNets: any 6n+2 depth).")
     if width_mult <= 0:
         raise ValueError(f"width_mult must be positive, got {width_mult}.")
-    cls = VGG if match.group(1) == "vgg" else ResNet
-    return cls(depth, batch_norm=match.group(3) == "bn", num_classes=num_classes, width_mult=width_mult)
+    return match.group(1), depth, match.group(3) == "bn"
+
+
+def build_model(name: str, num_classes: int = 10, width_mult: float = 1.0) -> CifarClassifier:
+    """A model by name (see the module docstring), freshly initialised."""
+    kind, depth, batch_norm = check_model(name, width_mult)
+    cls = VGG if kind == "vgg" else ResNet
+    return cls(depth, batch_norm=batch_norm, num_classes=num_classes, width_mult=width_mult)
 
 
 def family(name: str) -> str:
     """``"vgg"`` or ``"resnet"``, with ``"_bn"`` or ``"_nobn"``: the key of the GradInit presets."""
-    match = re.fullmatch(r"(vgg|resnet)\d+_(bn|nobn)", name)
-    if match is None:
-        raise ValueError(f"Unknown model {name!r}.")
-    return f"{match.group(1)}_{match.group(2)}"
+    kind, _, batch_norm = check_model(name)
+    return f"{kind}_{'bn' if batch_norm else 'nobn'}"

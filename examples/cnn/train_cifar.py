@@ -45,11 +45,11 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cifar_data import CifarDataset, DataError, builtin_shapes, load_cifar
-from cifar_models import build_model, family
+from cifar_models import build_model, check_model, family
 
 from hf_gradinit import InitArguments, trainer_init_kwargs
 from hf_gradinit.reporting import machine_description
-from hf_gradinit.trainer import InitializerCallback
+from hf_gradinit.trainer import initializer_result, initializer_timing
 
 logger = logging.getLogger("train_cifar")
 
@@ -170,8 +170,8 @@ def load_data(data_args: DataArguments) -> tuple[CifarDataset, CifarDataset, int
 def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, Any]:
     started = time.time()
     try:  # before loading data, which may take a while
+        check_model(model_args.model, model_args.width_mult)
         kind = family(model_args.model)
-        build_model(model_args.model, 10, model_args.width_mult)
     except ValueError as err:
         raise UsageError(f"--model {model_args.model}: {err}") from err
     set_seed(training_args.seed)
@@ -228,13 +228,8 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
         "accuracy_curve": curve,
         "loss_curve": [(h["step"], h["loss"]) for h in history if "loss" in h],
     }
-    init_cb = next((c for c in trainer.callback_handler.callbacks if isinstance(c, InitializerCallback)), None)
-    init_result = getattr(init_cb, "result", None)
-    results["init_config"] = getattr(init_result, "config", None)
-    init_s = getattr(init_result, "timings", {}).get("total_s")
-    if init_s is not None:
-        results["init_seconds"] = init_s
-        results["init_fraction_of_train_runtime"] = init_s / train_result.metrics["train_runtime"]
+    results["init_config"] = getattr(initializer_result(trainer), "config", None)
+    results.update(initializer_timing(trainer, train_result.metrics["train_runtime"]))
     if recipe.save_model:
         trainer.save_model()
     results["wall_time_s"] = time.time() - started

@@ -58,7 +58,7 @@ from transformers import (
 from hf_gradinit import InitArguments, trainer_init_kwargs
 from hf_gradinit.reporting import machine_description
 from hf_gradinit.schemes import xavier_init
-from hf_gradinit.trainer import InitializerCallback
+from hf_gradinit.trainer import initializer_timing
 
 logger = logging.getLogger("run_translation")
 
@@ -402,11 +402,7 @@ def run(model_args, data_args, training_args, init_args) -> dict[str, Any]:
     if training_args.do_train:
         train_result = trainer.train()
         results.update(train_result.metrics)
-        init_cb = next((c for c in trainer.callback_handler.callbacks if isinstance(c, InitializerCallback)), None)
-        init_s = getattr(getattr(init_cb, "result", None), "timings", {}).get("total_s")
-        if init_s is not None:
-            results["init_seconds"] = init_s
-            results["init_fraction_of_train_runtime"] = init_s / train_result.metrics["train_runtime"]
+        results.update(initializer_timing(trainer, train_result.metrics["train_runtime"]))
         trainer.save_model()
         tokenizer.save_pretrained(training_args.output_dir)
         trainer.save_state()
