@@ -102,3 +102,49 @@ def sweep_parser(doc: str, argv: list[str] | None) -> tuple[Any, list[str], list
     parser.add_argument("--threads_per_run", type=int, default=None, help="OMP/MKL threads of each run")
     parser.add_argument("--report_only", action="store_true", help="run nothing: rewrite table and plots")
     return parser, own, passthrough
+
+
+def run_recorded(
+    fields: dict[str, Any],
+    cmd: list[str],
+    out_dir: Path,
+    log_path: Path,
+    kept: Iterable[str],
+    *,
+    threads: int | None = None,
+    pythonpath: str | None = None,
+) -> dict[str, Any]:
+    """Run one experiment script and return its record: ``fields``, the command, return code and
+    wall time, and the ``kept`` entries of the ``all_results.json`` it wrote to ``out_dir``."""
+    import time
+
+    started = time.time()
+    code = run_logged(cmd, log_path, threads=threads, pythonpath=pythonpath)
+    record: dict[str, Any] = {**fields, "command": " ".join(cmd[1:]), "returncode": code}
+    record["wall_time_s"] = time.time() - started
+    results_file = Path(out_dir) / "all_results.json"
+    if code == 0 and results_file.exists():
+        metrics = json.loads(results_file.read_text())
+        record.update({k: metrics.get(k) for k in kept})
+    return record
+
+
+def run_sweep(
+    plan: list[Any], execute: Any, describe: Any, results_path: Path, *, jobs: int, report_only: bool
+) -> list[dict[str, Any]]:
+    """Run the items of ``plan`` (each with a ``key``; its log in ``logs/<key>.log``) not yet in
+    ``results_path``, ``jobs`` at a time, appending ``execute(item)``'s record as each finishes
+    and printing ``describe(record)``; return every record in the file. Running the same plan
+    again resumes a half-done sweep."""
+    done = {r["key"] for r in read_jsonl(results_path)}
+    todo = [] if report_only else [item for item in plan if item.key not in done]
+    print(f"{len(done)} runs already done, {len(todo)} to go", flush=True)
+
+    def one(i: int, item: Any) -> None:
+        record = execute(item)
+        append_jsonl(results_path, record)
+        status = "" if record["returncode"] == 0 else f" FAILED (see logs/{item.key}.log)"
+        print(f"[{i}/{len(todo)}] {item.key}: {describe(record)}, {record['wall_time_s']:.0f}s{status}", flush=True)
+
+    run_all(todo, one, jobs)
+    return read_jsonl(results_path)

@@ -17,10 +17,8 @@ run unchanged.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +29,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 from hf_gradinit import available_initializers  # noqa: E402
-from hf_gradinit.reporting import append_jsonl, mean_std, read_jsonl, run_all, run_logged, sweep_parser  # noqa: E402
+from hf_gradinit.reporting import mean_std, run_recorded, run_sweep, sweep_parser  # noqa: E402
 
 KEPT = ("acc1", "acc_best", "acc_final", "accuracy_curve", "train_loss", "train_runtime", "init_seconds",
         "init_fraction_of_train_runtime", "parameters", "train_samples", "test_samples", "machine")  # fmt: skip
@@ -67,16 +65,15 @@ def command(run: Run, args: argparse.Namespace) -> list[str]:
 
 
 def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:
-    cmd = command(run, args)
-    started = time.time()
-    code = run_logged(cmd, args.out / "logs" / f"{run.key}.log", threads=args.threads_per_run, pythonpath=str(REPO))
-    record: dict[str, Any] = {**asdict(run), "key": run.key, "command": " ".join(cmd[1:]), "returncode": code}
-    record["wall_time_s"] = time.time() - started
-    results_file = args.out / "runs" / run.key / "all_results.json"
-    if code == 0 and results_file.exists():
-        metrics = json.loads(results_file.read_text())
-        record.update({k: metrics.get(k) for k in KEPT})
-    return record
+    return run_recorded(
+        {**asdict(run), "key": run.key},
+        command(run, args),
+        args.out / "runs" / run.key,
+        args.out / "logs" / f"{run.key}.log",
+        KEPT,
+        threads=args.threads_per_run,
+        pythonpath=str(REPO),
+    )
 
 
 def _ordered(values: list[str], first: list[str]) -> list[str]:
@@ -150,21 +147,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if variant.removesuffix("+warmup") not in available_initializers():
             parser.error(f"variant {variant!r}: INIT must be one of {available_initializers()}, optionally +warmup.")
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
-    results_path = args.out / "results.jsonl"
-    done = {r["key"] for r in read_jsonl(results_path)}
     plan = [Run(m, v, s) for m in args.models for v in args.variants for s in args.seeds]
-    todo = [] if args.report_only else [r for r in plan if r.key not in done]
-    print(f"{len(done)} runs already done, {len(todo)} to go", flush=True)
-
-    def run_one(i: int, run: Run) -> None:
-        record = execute(run, args)
-        append_jsonl(results_path, record)
-        status = "" if record["returncode"] == 0 else f" FAILED (see logs/{run.key}.log)"
-        print(f"[{i}/{len(todo)}] {run.key}: Acc1 {record.get('acc1')}, best {record.get('acc_best')},"
-              f" {record['wall_time_s']:.0f}s{status}", flush=True)  # fmt: skip
-
-    run_all(todo, run_one, args.jobs)
-    records = read_jsonl(results_path)
+    records = run_sweep(
+        plan,
+        lambda run: execute(run, args),
+        lambda r: f"Acc1 {r.get('acc1')}, best {r.get('acc_best')}",
+        args.out / "results.jsonl",
+        jobs=args.jobs,
+        report_only=args.report_only,
+    )
     if records:
         models = _ordered([r["model"] for r in records], args.models)
         variants = _ordered([r["variant"] for r in records], args.variants)

@@ -28,7 +28,6 @@ import json
 import math
 import statistics
 import sys
-import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
-from hf_gradinit.reporting import append_jsonl, mean_std, read_jsonl, run_all, run_logged, sweep_parser  # noqa: E402
+from hf_gradinit.reporting import mean_std, run_recorded, run_sweep, sweep_parser  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -93,25 +92,17 @@ def command(run: Run, args: argparse.Namespace, out_dir: Path) -> list[str]:
     return cmd + list(args.run_args)
 
 
+KEPT = ("eval_bleu", "predict_bleu", "train_loss", "eval_loss", "init_seconds", "init_fraction_of_train_runtime",
+        "machine")  # fmt: skip
+
+
 def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:
     out_dir = args.out / "runs" / run.key
     cmd = command(run, args, out_dir)
-    started = time.time()
-    code = run_logged(cmd, args.out / "logs" / f"{run.key}.log", threads=args.threads_per_run, pythonpath=str(REPO))
-    record: dict[str, Any] = {**asdict(run), "key": run.key, "command": " ".join(cmd[1:]), "returncode": code}
-    record["wall_time_s"] = time.time() - started
-    results_file = out_dir / "all_results.json"
-    if code == 0 and results_file.exists():
-        metrics = json.loads(results_file.read_text())
-        kept = (
-            "eval_bleu",
-            "predict_bleu",
-            "train_loss",
-            "eval_loss",
-            "init_seconds",
-            "init_fraction_of_train_runtime",
-        )
-        record.update({k: metrics.get(k) for k in (*kept, "machine")})
+    log = args.out / "logs" / f"{run.key}.log"
+    record = run_recorded({**asdict(run), "key": run.key}, cmd, out_dir, log, KEPT,
+                          threads=args.threads_per_run, pythonpath=str(REPO))  # fmt: skip
+    if record["returncode"] == 0 and (out_dir / "all_results.json").exists():
         state_file = out_dir / "trainer_state.json"
         history = json.loads(state_file.read_text())["log_history"] if state_file.exists() else []
         record["loss_curve"] = [[h["step"], h["loss"]] for h in history if "loss" in h and "step" in h]
@@ -220,21 +211,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if init not in available_initializers() or base not in ("model", "xavier"):
             parser.error(f"variant {v!r}: INIT must be one of {available_initializers()}, BASE 'model' or 'xavier'.")
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
-    results_path = args.out / "results.jsonl"
-    done = {r["key"] for r in read_jsonl(results_path)}
-    todo = [] if args.report_only else [r for r in plan(args) if r.key not in done]
-    print(f"{len(done)} runs already done, {len(todo)} to go", flush=True)
-
-    def run_one(i: int, run: Run) -> None:
-        record = execute(run, args)
-        append_jsonl(results_path, record)
-        status = "" if record["returncode"] == 0 else " FAILED"
-        print(
-            f"[{i}/{len(todo)}] {run.key}: BLEU {bleu_of(record):.2f}, {record['wall_time_s']:.0f}s{status}", flush=True
-        )
-
-    run_all(todo, run_one, args.jobs)
-    records = read_jsonl(results_path)
+    records = run_sweep(
+        plan(args),
+        lambda run: execute(run, args),
+        lambda r: f"BLEU {bleu_of(r):.2f}",
+        args.out / "results.jsonl",
+        jobs=args.jobs,
+        report_only=args.report_only,
+    )
     if records:
         write_table(records, args.out / "results.md")
         write_plots(records, args.out)
