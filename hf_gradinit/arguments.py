@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 from transformers import TrainingArguments
 
-from .config import HVP_MODES, TARGETS, GradInitConfig
+from .config import FD_SCHEMES, HVP_MODES, TARGETS, GradInitConfig
 from .data import Batch
 from .errors import GradInitError
 from .initializers import RegisteredNames, get_initializer
@@ -85,6 +85,14 @@ class InitArguments:
         default="finite_difference",
         metadata={"help": "Hessian-vector products of constraint steps.", "choices": list(HVP_MODES)},
     )
+    gradinit_fd_scheme: str = field(
+        default="forward",
+        metadata={
+            "help": "Finite difference of --gradinit_hvp finite_difference: forward (one more gradient a"
+            " constraint step) or central (two more, smaller truncation error).",
+            "choices": list(FD_SCHEMES),
+        },
+    )
     gradinit_seed: int = field(default=0, metadata={"help": "Seed of the GradInit run."})
     gradinit_beta1: float | None = field(
         default=None, metadata={"help": "Scale-Adam beta1, with --gradinit_beta2 (default: 0.9)."}
@@ -139,6 +147,7 @@ class InitArguments:
             norm_max_scale=self.gradinit_norm_max_scale,
             overlap=self.gradinit_overlap,
             hvp=self.gradinit_hvp,  # type: ignore[arg-type]
+            fd_scheme=self.gradinit_fd_scheme,  # type: ignore[arg-type]
             seed=self.gradinit_seed,
             betas=None if self.gradinit_beta1 is None else (self.gradinit_beta1, self.gradinit_beta2),  # type: ignore[arg-type]
             bias_min_scale=self.gradinit_bias_min_scale,

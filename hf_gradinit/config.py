@@ -13,6 +13,8 @@ HvpMode = Literal["exact", "finite_difference"]
 
 TARGETS: tuple[str, ...] = ("sgd", "adam", "adamw")
 HVP_MODES: tuple[str, ...] = ("exact", "finite_difference")
+FdScheme = Literal["forward", "central"]
+FD_SCHEMES: tuple[str, ...] = ("forward", "central")
 
 # Reference settings of the authors' code, by the optimizer GradInit models. "sgd" is the
 # CIFAR recipe (normalised step, eta 0.1, gamma 1 on the 2-norm, 390 iterations, clip 1,
@@ -95,10 +97,20 @@ class GradInitConfig:
             ``S`` = thirds 1-2, ``S~`` = thirds 2-3, as the Transformer code does.
         hvp: How constraint steps get their Hessian-vector product: ``"exact"`` (double
             backward, needs an attention kernel with a double backward: GradInit then
-            runs SDPA on its math kernel) or ``"finite_difference"`` (central differences
-            of two extra gradient evaluations, first order only, so any kernel works).
+            runs SDPA on its math kernel) or ``"finite_difference"`` (differences of
+            gradients, first order only, so any kernel works; see ``fd_scheme``).
+        fd_scheme: The finite difference: ``"forward"`` reuses the gradient the iteration
+            has already taken at ``theta``, so a constraint step costs one more gradient
+            evaluation, like an objective step; ``"central"`` takes two more for a
+            truncation error of order ``eps^2`` instead of ``eps``. Both stay close to the
+            exact product (the tests bound the gap); the authors' code uses the exact one.
         fd_eps: Relative step of the finite-difference product; ``None`` picks it from the
-            precision of the parameters (see :func:`hf_gradinit.objective.fd_step_size`).
+            precision of the parameters and the scheme (see
+            :func:`hf_gradinit.objective.fd_step_size`).
+        compile: Run the first-order gradient evaluations through ``torch.compile``. It
+            pays when the run is long enough to repay the compilation (tens of seconds) and
+            the model is small enough for kernel launches to matter (see
+            ``benchmarks/README.md``); exact Hessian-vector products stay eager.
         exclude: Regular expressions of parameter names never to rescale (they still take
             part in the virtual step and the gradient norm).
         seed: Seed of torch's generators during the run; the caller's RNG state is
@@ -132,7 +144,9 @@ class GradInitConfig:
     weight_decay: float = 0.0
     overlap: float = 0.5
     hvp: HvpMode = "finite_difference"
+    fd_scheme: FdScheme = "forward"
     fd_eps: float | None = None
+    compile: bool = False
     exclude: tuple[str, ...] = field(default_factory=tuple)
     seed: int = 0
     show_progress: bool = True
@@ -204,6 +218,8 @@ class GradInitConfig:
             )
         if self.hvp not in HVP_MODES:
             raise ValueError(f"GradInitConfig.hvp must be one of {list(HVP_MODES)}, got {self.hvp!r}.")
+        if self.fd_scheme not in FD_SCHEMES:
+            raise ValueError(f"GradInitConfig.fd_scheme must be one of {list(FD_SCHEMES)}, got {self.fd_scheme!r}.")
         for name in ("eta", "gamma", "lr", "norm_lr", "eps", "fd_eps"):
             positive(name, getattr(self, name))
         for name in ("clip", "weight_decay", "min_scale", "bias_min_scale", "norm_min_scale"):

@@ -177,7 +177,9 @@ class _Run:
         self.config = config
         self.comm = comm
         self.p = config.norm_order
-        self.evaluator = LossEvaluator(model, [i.name for i in infos], [i.param for i in infos], loss_fn)
+        self.evaluator = LossEvaluator(
+            model, [i.name for i in infos], [i.param for i in infos], loss_fn, compile=config.compile
+        )
         self.history: list[dict] = []
 
     def setup(self, prepared: PreparedModel) -> None:
@@ -217,7 +219,10 @@ class _Run:
             separate_second_moment=cfg.separate_second_moment,
         )
         self.theta0_scaled = [prepared.theta0[i] for i in self.scaled_idx]
-        self.working_scaled = [self.infos[i].param.data for i in self.scaled_idx]
+        # The parameters' working copies: the steps write theta' and theta + eps v into them,
+        # and every iteration ends by resetting them to alpha * theta0.
+        self.working = [info.param.data for info in self.infos]
+        self.working_scaled = [self.working[i] for i in self.scaled_idx]
         logger.info(
             "GradInit: rescaling %d tensors (%d skipped) of %s; target=%s eta=%g gamma=%g (||g||_%d),"
             " %d iterations, scale lr %g, hvp=%s",
@@ -233,11 +238,12 @@ class _Run:
         # As a DDP step would: one gradient for the union of all processes' shards, so every
         # process forms the same virtual step and sees the same norm.
         self.comm.mean_(grads)
-        loss = float(self.comm.mean(loss))
         gnorm = grad_norm(grads, self.p)
-        self._check_finite(step, loss=loss, grad_norm=float(gnorm))
-        record: dict = {"step": step, "loss": loss, "grad_norm": float(gnorm)}
-        if float(gnorm) > cfg.gamma:
+        # The one synchronisation the branch needs: loss and norm in one transfer.
+        loss_value, gnorm_value = torch.stack([self.comm.mean(loss).to(gnorm), gnorm]).tolist()
+        self._check_finite(step, loss=loss_value, grad_norm=gnorm_value)
+        record: dict = {"step": step, "loss": loss_value, "grad_norm": gnorm_value}
+        if gnorm_value > cfg.gamma:
             record["kind"] = "constraint"
             scale_grad = constraint_scale_gradient(ev, s, grads, gnorm, self.theta0_scaled, self.scaled_idx, cfg)
         else:
@@ -245,7 +251,7 @@ class _Run:
             lookahead, scale_grad = objective_scale_gradient(
                 ev, s_tilde, grads, gnorm, self.theta0_scaled, self.scaled_idx, cfg
             )
-            lookahead = float(self.comm.mean(torch.tensor(lookahead, device=self.device)))
+            lookahead = float(self.comm.mean(lookahead))
             record["lookahead_loss"] = lookahead
             record["objective"] = lookahead / cfg.eta
             self._check_finite(step, lookahead_loss=lookahead)
@@ -261,7 +267,7 @@ class _Run:
             )
         alpha = self.optimizer.step(scale_grad, constraint=record["kind"] == "constraint")
         with torch.no_grad():
-            torch._foreach_copy_(self.working_scaled, self.theta0_scaled)
+            torch._foreach_copy_(self.working, self.prepared.theta0)
             torch._foreach_mul_(self.working_scaled, alpha.tolist())
         if self.device.type == "cuda":  # kernels run asynchronously: charge them to this iteration
             torch.cuda.synchronize(self.device)
