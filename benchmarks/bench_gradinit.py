@@ -97,7 +97,13 @@ LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
 OBJECTIVE_GAMMA = 1e12  # ||g||_p <= gamma on every iteration: objective steps only
 CONSTRAINT_GAMMA = 1e-12  # ||g||_p > gamma on every iteration: constraint steps only
-HVP_MODES = ("exact", "finite_difference")
+# How constraint steps get H v: GradInitConfig settings of each mode the benchmark compares.
+HVP_MODES: dict[str, dict[str, Any]] = {
+    "exact": {"hvp": "exact"},
+    "finite_difference": {"hvp": "finite_difference", "fd_scheme": "forward"},  # the default
+    "fd_central": {"hvp": "finite_difference", "fd_scheme": "central"},
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 STEP_KINDS = ("objective", "constraint")
 MODELS = ("marian", "cnn", "marian-iwslt")
 
@@ -116,6 +122,11 @@ class Workload:
     optimizer: Callable[[nn.Module], torch.optim.Optimizer]
     gradinit_config: dict[str, Any]
     description: dict[str, Any] = field(default_factory=dict)
+    dtype: torch.dtype = torch.float32
+
+    def build_trained(self) -> nn.Module:
+        """The model as it trains (in ``dtype``); GradInit runs on it in fp32 either way."""
+        return self.build().to(self.dtype)
 
 
 def marian_workload(
@@ -424,7 +435,7 @@ class Trainer:
     def __init__(self, w: Workload, device: torch.device):
         self.w = w
         self.device = device
-        self.model = w.build()
+        self.model = w.build_trained()
         self.model.train()
         self.opt = w.optimizer(self.model)
         self.pass_model = w.build()
@@ -495,10 +506,11 @@ def measure_training(trainer: Trainer, warmup: int, repeats: int) -> dict[str, A
 
 
 def run_gradinit(
-    w: Workload, model: nn.Module, data: Iterable[Batch], hvp: str, kind: str, iters: int
+    w: Workload, model: nn.Module, data: Iterable[Batch], hvp: str, kind: str, iters: int, compile: bool = False
 ) -> hf_gradinit.GradInitResult:
     gamma = OBJECTIVE_GAMMA if kind == "objective" else CONSTRAINT_GAMMA
-    config = GradInitConfig(**w.gradinit_config, gamma=gamma, hvp=hvp, iters=iters, show_progress=False)  # type: ignore[arg-type]
+    settings = {**w.gradinit_config, **HVP_MODES[hvp], "compile": compile}
+    config = GradInitConfig(**settings, gamma=gamma, iters=iters, show_progress=False)
     result = gradinit(model, data, config, loss_fn=w.loss_fn)
     kinds = [h["kind"] for h in result.history]
     if len(kinds) != iters or set(kinds) != {kind}:
@@ -506,24 +518,28 @@ def run_gradinit(
     return result
 
 
-def measure_gradinit(trainer: Trainer, hvp: str, kind: str, warmup: int, repeats: int) -> dict[str, Any]:
+def measure_gradinit(
+    trainer: Trainer, hvp: str, kind: str, warmup: int, repeats: int, compile: bool = False
+) -> dict[str, Any]:
     w, device = trainer.w, trainer.device
     n = warmup + repeats
     train_s: list[float] = []
     pass_s: list[float] = []
-    model = w.build()
+    model = w.build_trained()
     sync(device)
-    result = run_gradinit(w, model, trainer.interleaved(n, train_s, pass_s), hvp, kind, n)
+    result = run_gradinit(w, model, trainer.interleaved(n, train_s, pass_s), hvp, kind, n, compile)
     seconds = [h["seconds"] for h in result.history]
     del model
     gc.collect()
-    model = w.build()
+    model = w.build_trained()
     with PeakMemory(device, (list(model.parameters()), list(model.buffers()), w.batch)) as mem:
+        # A compiled run's first iteration compiles; its memory is measured eagerly.
         run_gradinit(w, model, [w.batch] * (warmup + 1), hvp, kind, warmup + 1)
     del model
     out = {
         "hvp": hvp,
         "kind": kind,
+        "compile": compile,
         "gamma": OBJECTIVE_GAMMA if kind == "objective" else CONSTRAINT_GAMMA,
         "seconds_all": seconds,
         "seconds": seconds[warmup:],
@@ -537,11 +553,72 @@ def measure_gradinit(trainer: Trainer, hvp: str, kind: str, warmup: int, repeats
         **mem.as_dict(),
     }
     log(
-        f"  {w.name}: gradinit hvp={hvp} {kind}: {out['median_s']:.3f} s/iter (all: "
+        f"  {w.name}: gradinit hvp={hvp}{' compiled' if compile else ''} {kind}: {out['median_s']:.3f} s/iter (all: "
         f"{', '.join(f'{s:.2f}' for s in seconds)}), interleaved train step {out['train_median_s']:.3f} s,"
         f" peak {mem.peak / 2**20:.1f} MiB"
     )
     return out
+
+
+def measure_recipe(
+    trainer: Trainer, iters: int, recipe_iters: int, recipe_updates: int, compile: bool = False
+) -> dict[str, Any]:
+    """A whole default GradInit run as the translation recipe runs it, against the training it
+    precedes: the paper's 780 iterations (Adam target, eta 1e-3, gamma 1000 on ||g||_1: the
+    defaults, so objective and constraint steps mix as they come) on batches 1.5x the training
+    batch (split into S and S~ of the training batch's size, as ``--gradinit_batch_size``
+    defaults), before ``recipe_updates`` training steps (the recipe's 100k). The GradInit run
+    is measured whole (set-up included) when ``iters == recipe_iters``; with fewer iterations
+    its set-up plus ``recipe_iters`` times the mean iteration is the projection. The training
+    side is always ``recipe_updates`` times the median training step measured in this run."""
+    w, device = trainer.w, trainer.device
+    big = extend_batch(w.batch, 1.5)
+    config = GradInitConfig(target="adam", iters=iters, show_progress=False, compile=compile)
+    model = w.build_trained()
+    sync(device)
+    result = gradinit(model, [big], config, loss_fn=w.loss_fn)
+    del model
+    gc.collect()
+    train_steps = [trainer.step() for _ in range(5)]
+    t = result.timings
+    seconds = [h["seconds"] for h in result.history]
+    # The first iteration carries one-off work (torch.compile compiles then), so it is counted
+    # once and the projection repeats the mean of the others.
+    mean_iter = statistics.mean(seconds[1:]) if len(seconds) > 1 else seconds[0]
+    projected = t["setup_s"] + seconds[0] + mean_iter * (recipe_iters - 1)
+    gradinit_s = t["total_s"] if iters == recipe_iters else projected
+    train_s = median(train_steps) * recipe_updates
+    out = {
+        "compile": compile,
+        "iterations_run": len(result.history),
+        "recipe_iterations": recipe_iters,
+        "recipe_updates": recipe_updates,
+        "projected": iters != recipe_iters,
+        "gradinit_total_s": t["total_s"],
+        "gradinit_setup_s": t["setup_s"],
+        "gradinit_first_iteration_s": seconds[0],
+        "gradinit_mean_iteration_s": mean_iter,
+        "constraint_steps": result.num_constraint_steps,
+        "gradinit_recipe_s": gradinit_s,
+        "train_step_median_s": median(train_steps),
+        "train_recipe_s": train_s,
+        "fraction": gradinit_s / train_s,
+    }
+    log(
+        f"  {w.name}: recipe run of {len(result.history)} GradInit iterations ({result.num_constraint_steps}"
+        f" constraint) {t['total_s']:.1f} s; GradInit for {recipe_iters} iterations {gradinit_s:.1f} s vs"
+        f" {recipe_updates} training steps {train_s:.0f} s: {100 * out['fraction']:.2f}%"
+    )
+    return out
+
+
+def extend_batch(batch: Batch, factor: float) -> Batch:
+    """``batch`` with its first samples appended, ``factor`` times as many samples in all."""
+    n = next(iter(tensors_of(batch))).shape[0]
+    extra = round(n * factor) - n
+    if isinstance(batch, dict):
+        return {k: torch.cat([v, v[:extra]]) for k, v in batch.items()}
+    return tuple(torch.cat([t, t[:extra]]) for t in batch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -618,7 +695,9 @@ def rows(results: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
                 {
                     "model": name,
                     "device": device.type,
-                    "hvp": g["hvp"],
+                    "hvp": ("(any)" if g["kind"] == "objective" else g["hvp"])
+                    + (" +compile" if g.get("compile") else ""),
+                    "dtype": r["description"].get("dtype", "float32"),
                     "kind": g["kind"],
                     "iter_s": g["median_s"],
                     "train_s": g["train_median_s"],
@@ -635,13 +714,14 @@ def rows(results: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
 
 def markdown(table: list[dict[str, Any]]) -> str:
     head = (
-        "| model | device | hvp | step | s / iter | s / train step | time ratio | iter / pass"
+        "| model | device | model dtype | hvp | step | s / iter | s / train step | time ratio | iter / pass"
         " | peak MiB iter | peak MiB train | peak-memory ratio |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in table:
         lines.append(
-            f"| {r['model']} | {r['device']} | {r['hvp']} | {r['kind']} | {r['iter_s']:.3f} | {r['train_s']:.3f}"
+            f"| {r['model']} | {r['device']} | {r['dtype']} | {r['hvp']} | {r['kind']} | {r['iter_s']:.3f}"
+            f" | {r['train_s']:.3f}"
             f" | {r['time_ratio']:.2f} | {r['passes']:.2f} | {r['iter_peak_mib']:.0f} | {r['train_peak_mib']:.0f}"
             f" | {r['memory_ratio']:.2f} |"
         )
@@ -653,7 +733,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--models", nargs="+", choices=MODELS, default=None, help="default: marian cnn (+ marian-iwslt on GPU)"
     )
-    parser.add_argument("--hvp", nargs="+", choices=HVP_MODES, default=list(HVP_MODES))
+    parser.add_argument(
+        "--hvp",
+        nargs="+",
+        choices=list(HVP_MODES),
+        default=list(HVP_MODES),
+        help="constraint-step modes: exact, finite_difference (forward, the default), fd_central;"
+        " objective steps are the same in every mode and are measured once",
+    )
+    parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype the model trains in")
+    parser.add_argument(
+        "--compile", action="store_true", help="also measure finite-difference rows with GradInitConfig(compile=True)"
+    )
+    parser.add_argument(
+        "--recipe_iters",
+        type=int,
+        default=0,
+        help="measure a whole default GradInit run of this many iterations on marian-iwslt (or the"
+        " first model) against 100k training steps; 780 is the whole recipe, fewer are projected",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="measured iterations / steps (default 5, quick 2)")
     parser.add_argument(
         "--warmup", type=int, default=None, help="discarded iterations / steps first (default 2, quick 1)"
@@ -683,14 +781,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in models:
         w = make_workload(name, args.quick, device)
+        w.dtype = DTYPES[args.dtype]
+        w.description["dtype"] = args.dtype
         n_params = sum(p.numel() for p in w.build().parameters() if p.requires_grad)
         log(f"{name}: {n_params / 1e6:.2f}M trainable parameters; {w.description['batch']}")
         entry: dict[str, Any] = {"description": w.description, "trainable_parameters": n_params}
         trainer = Trainer(w, device)
         entry["train"] = measure_training(trainer, warmup, repeats)
-        entry["gradinit"] = [
-            measure_gradinit(trainer, hvp, kind, warmup, repeats) for hvp in args.hvp for kind in STEP_KINDS
-        ]
+        entry["gradinit"] = []
+        default_mode = "finite_difference" if "finite_difference" in args.hvp else args.hvp[0]
+        for kind in STEP_KINDS:
+            for hvp in args.hvp if kind == "constraint" else [default_mode]:
+                entry["gradinit"].append(measure_gradinit(trainer, hvp, kind, warmup, repeats))
+                if args.compile and hvp == "finite_difference":
+                    entry["gradinit"].append(measure_gradinit(trainer, hvp, kind, warmup, repeats, compile=True))
+        recipe_model = "marian-iwslt" if "marian-iwslt" in models else models[0]
+        if args.recipe_iters > 0 and name == recipe_model:
+            entry["recipe"] = [measure_recipe(trainer, args.recipe_iters, 780, 100_000)]
+            if args.compile:
+                entry["recipe"].append(measure_recipe(trainer, args.recipe_iters, 780, 100_000, compile=True))
         del trainer
         gc.collect()
         results[name] = entry
@@ -718,6 +827,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print()
     print(markdown(table))
+    for name, r in results.items():
+        for rec in r.get("recipe", []):
+            print(
+                f"\n{name} recipe{' (compiled)' if rec['compile'] else ''}: GradInit {rec['gradinit_recipe_s']:.1f} s"
+                f" for {rec['recipe_iterations']} iterations"
+                f"{' (projected from ' + str(rec['iterations_run']) + ')' if rec['projected'] else ''},"
+                f" training {rec['train_recipe_s']:.0f} s for {rec['recipe_updates']} steps:"
+                f" {100 * rec['fraction']:.2f}%"
+            )
     print(f"\nwall time {wall:.1f} s")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -142,6 +142,23 @@ def test_exact_and_finite_difference_modes_learn_close_scales(scheme, quiet):
         assert runs["finite_difference"].scales[name] == pytest.approx(a, abs=1e-6)
 
 
+def test_compiled_evaluation_learns_the_same_scales(quiet):
+    """compile=True changes how the passes run, not what they compute; the model is left
+    uncompiled (float64, so fused kernels' rounding cannot flip a step)."""
+    runs = []
+    for compile in (False, True):
+        model = smooth_mlp(seed=6)
+        cfg = quiet(target="sgd", gamma=1.0, iters=12, compile=compile)
+        runs.append(gradinit(model, mlp_batches(3, seed=6), cfg, loss_fn=xent))
+        assert not any("_orig_mod" in name for name, _ in model.named_parameters())
+        assert type(model) is nn.Sequential
+    eager, compiled = runs
+    assert [h["kind"] for h in eager.history] == [h["kind"] for h in compiled.history]
+    assert {"objective", "constraint"} <= {h["kind"] for h in eager.history}
+    for name, a in eager.scales.items():
+        assert compiled.scales[name] == pytest.approx(a, abs=1e-9)
+
+
 @pytest.mark.parametrize("scheme", ["forward", "central"])
 def test_finite_difference_scales_within_tolerance_of_exact_float32_marian(scheme, quiet):
     """The stated tolerance of the finite-difference mode: after 40 constraint steps in float32
