@@ -62,7 +62,7 @@ from .initializers import register_initializer
 from .lsuv import promote_half
 from .model_state import PreparedModel, model_device, seeded_rng
 from .objective import LossEvaluator, _math_sdpa, fd_step_size
-from .scales import ParamInfo, apply_scales, excluded, scaled, trainable_parameters
+from .scales import ParamInfo, apply_scales, compute_dtype, excluded, scaled, trainable_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -419,7 +419,7 @@ class _MetaInitRun:
     def setup(self, prepared: PreparedModel) -> None:
         cfg = self.config
         self.prepared = prepared
-        self.theta0 = [t.detach() for t in prepared.theta0]
+        self.theta0 = [t.detach().to(compute_dtype(t.dtype)) for t in prepared.theta0]
         self.skipped: dict[str, str] = {}
         self.scaled_idx: list[int] = []
         norms = [float(torch.linalg.vector_norm(t, dtype=torch.float64)) for t in self.theta0]

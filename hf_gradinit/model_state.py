@@ -55,9 +55,10 @@ def model_device(model: nn.Module) -> torch.device:
 class PreparedModel(contextlib.AbstractContextManager):
     """Context manager: the model in GradInit's state inside, exactly restored outside.
 
-    Inside, ``theta0[i]`` holds the original value of ``params[i]`` in GradInit's precision
-    (the original tensor itself when it already is fp32 or fp64) and the model's parameters
-    hold working copies that the engine may overwrite. Call :meth:`commit` with the final
+    Inside, ``theta0[i]`` is the original tensor of ``params[i]`` itself, in its own dtype
+    (widening bf16/fp16 to fp32 is exact, so GradInit reads it in fp32 without keeping an fp32
+    copy of the model), and the model's parameters hold fp32 working copies that the engine
+    may overwrite. Call :meth:`commit` with the final
     values before leaving to keep them; leaving without it discards every change.
     """
 
@@ -126,8 +127,7 @@ class PreparedModel(contextlib.AbstractContextManager):
         trainable = {id(info.param) for info in self.params}
         for info in self.params:
             original = info.param.data
-            theta0 = original if compute_dtype(original.dtype) == original.dtype else original.to(torch.float32)
-            self.theta0.append(theta0)
+            self.theta0.append(original)
             self.original_dtypes.append(original.dtype)
         seen: set[int] = set()
         for p in self.model.parameters():

@@ -103,11 +103,11 @@ def grad_norm(grads: Tensors, p: int) -> torch.Tensor:
 def norm_direction(grads: Tensors, gnorm: torch.Tensor, p: int) -> Tensors:
     """``v = d||g||_p / dg``: ``g / ||g||_2`` for ``p = 2``, ``sign(g)`` for ``p = 1``."""
     if p == 1:
-        return torch._foreach_sign(grads)
+        return list(torch._foreach_sign(grads))
     denom = float(gnorm)
     if denom == 0.0:
         return [torch.zeros_like(g) for g in grads]
-    return torch._foreach_div(grads, denom)
+    return list(torch._foreach_div(grads, denom))
 
 
 def virtual_step_(theta: Tensors, grads: Tensors, gnorm: torch.Tensor, config: GradInitConfig) -> float:
@@ -198,9 +198,10 @@ def hvp_finite_difference(
 
     With ``grad_at_theta`` (the gradient at ``theta`` on ``batch``, which a constraint step
     has already computed) it is the forward difference ``(grad(theta + eps v) - g) / eps``:
-    one more gradient evaluation. Without it, the central difference of two gradients at
-    ``theta +- eps v``: two more evaluations, a smaller truncation error. The step ``eps``
-    comes from :func:`fd_step_size`.
+    one more gradient evaluation, and the list ``direction`` is emptied before it (its memory
+    freed). Without it, the central difference of two gradients at ``theta +- eps v``: two
+    more evaluations, a smaller truncation error. The step ``eps`` comes from
+    :func:`fd_step_size`.
     """
     params = evaluator.params
     scheme: FdScheme = "forward" if grad_at_theta is not None else "central"
@@ -210,6 +211,8 @@ def hvp_finite_difference(
         return [torch.zeros_like(t) for t in params]
     with torch.no_grad():
         torch._foreach_add_(params, direction, alpha=eps)
+    if grad_at_theta is not None:
+        direction.clear()  # not needed again: free it before the pass
     _, g_plus = evaluator.grad(batch)
     if grad_at_theta is not None:
         base, denom = grad_at_theta, eps
