@@ -26,9 +26,10 @@ process:
 * ``pass``: one first-order gradient pass (forward + ``autograd.grad``) on a 2/3-size
   minibatch in GradInit's mode (eval, no dropout; BatchNorm on batch statistics).
   GradInit splits each batch into two overlapping minibatches ``S`` and ``S~`` of 2/3 of the
-  batch each (overlap 0.5), so an objective step is two such passes, a finite-difference
-  constraint step three, an exact constraint step one pass, one pass that keeps its graph and
-  a double backward; ``iter / pass`` says how many passes an iteration actually costs.
+  batch each (overlap 0.5), so an objective step is two such passes, a forward
+  finite-difference constraint step also two (a central one three), an exact constraint step
+  one pass, one pass that keeps its graph and a double backward; ``iter / pass`` says how
+  many passes an iteration actually costs.
 * peak memory. On CUDA: ``torch.cuda.max_memory_allocated`` after
   ``reset_peak_memory_stats``, i.e. everything allocated on the device (model, optimizer
   state, gradients, activations, GradInit's copies). On CPU there is no allocator counter,
