@@ -93,6 +93,10 @@ class InitArguments:
             "choices": list(FD_SCHEMES),
         },
     )
+    gradinit_compile: bool = field(
+        default=False,
+        metadata={"help": "Run GradInit's first-order gradient passes through torch.compile (pays on long GPU runs)."},
+    )
     gradinit_seed: int = field(default=0, metadata={"help": "Seed of the GradInit run."})
     gradinit_beta1: float | None = field(
         default=None, metadata={"help": "Scale-Adam beta1, with --gradinit_beta2 (default: 0.9)."}
@@ -148,6 +152,7 @@ class InitArguments:
             overlap=self.gradinit_overlap,
             hvp=self.gradinit_hvp,  # type: ignore[arg-type]
             fd_scheme=self.gradinit_fd_scheme,  # type: ignore[arg-type]
+            compile=self.gradinit_compile,
             seed=self.gradinit_seed,
             betas=None if self.gradinit_beta1 is None else (self.gradinit_beta1, self.gradinit_beta2),  # type: ignore[arg-type]
             bias_min_scale=self.gradinit_bias_min_scale,

@@ -225,9 +225,10 @@ class _Run:
         self.working_scaled = [self.working[i] for i in self.scaled_idx]
         logger.info(
             "GradInit: rescaling %d tensors (%d skipped) of %s; target=%s eta=%g gamma=%g (||g||_%d),"
-            " %d iterations, scale lr %g, hvp=%s",
+            " %d iterations, scale lr %g, hvp=%s%s%s",
             len(self.scaled_idx), len(self.skipped), type(self.model).__name__, cfg.target, cfg.eta,
             cfg.gamma, self.p, cfg.iters, cfg.lr, cfg.hvp,
+            f" ({cfg.fd_scheme})" if cfg.hvp == "finite_difference" else "", ", compiled" if cfg.compile else "",
         )  # fmt: skip
 
     def iteration(self, step: int, batch: Batch) -> dict:
