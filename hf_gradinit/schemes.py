@@ -32,7 +32,7 @@ def xavier_init(model: nn.Module) -> nn.Module:
         >>> import torch
         >>> layer = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
         >>> _ = xavier_init(layer)
-        >>> float(layer[0].bias.abs().sum()), float(layer[1].weight.sum())
+        >>> float(layer[0].bias.detach().abs().sum()), float(layer[1].weight.detach().sum())
         (0.0, 4.0)
     """
     done: set[int] = set()
