@@ -58,8 +58,9 @@ Models: ``marian`` (Post-LN Marian, d_model 256, 3+3 layers, 4 heads, FFN 1024, 
 ReLU, ``scale_embedding``, dropout 0.1, 64 sentence pairs of 24 tokens, loss from ``labels``),
 ``cnn`` (CIFAR ResNet-20 with BatchNorm, batch 128 of 3x32x32, cross-entropy through
 ``loss_fn``) and ``marian-iwslt`` (shaped like fairseq ``transformer_iwslt_de_en``: 6+6 layers,
-d_model 512, 4 heads, FFN 1024, vocab 10000, dropout 0.3, 128 x 32 = 4096 tokens a batch;
-run by default only when CUDA is available). The script prints a Markdown table and writes
+d_model 512, 4 heads, FFN 1024, vocab 10000, dropout 0.3, 128 x 32 = 4096 tokens a batch)
+and ``resnet110`` (the CNN at full depth: ResNet-110 with BatchNorm, 1.7M parameters), the last
+two run by default only when CUDA is available. The script prints a Markdown table and writes
 every raw measurement, the command and the machine to ``--out`` as JSON.
 """
 
@@ -106,7 +107,7 @@ HVP_MODES: dict[str, dict[str, Any]] = {
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 STEP_KINDS = ("objective", "constraint")
-MODELS = ("marian", "cnn", "marian-iwslt")
+MODELS = ("marian", "cnn", "marian-iwslt", "resnet110")
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,6 +279,10 @@ def make_workload(name: str, quick: bool, device: torch.device) -> Workload:
         return marian_workload(
             name, d_model=512, layers=6, ffn=1024, vocab=10000, sentences=128, tokens=32, dropout=0.3, device=device
         )
+    if name == "resnet110":
+        if quick:
+            return cnn_workload(name, blocks=2, widths=(8, 16, 32), batch_size=24, size=16, device=device)
+        return cnn_workload(name, blocks=18, widths=(16, 32, 64), batch_size=128, size=32, device=device)
     if name == "cnn":
         if quick:
             return cnn_workload(name, blocks=1, widths=(8, 16, 32), batch_size=24, size=16, device=device)
@@ -775,7 +780,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     if repeats < 1 or warmup < 0:
         raise SystemExit("--repeats must be >= 1 and --warmup >= 0")
-    models = args.models or (["marian", "cnn", "marian-iwslt"] if device.type == "cuda" else ["marian", "cnn"])
+    models = args.models or (list(MODELS) if device.type == "cuda" else ["marian", "cnn"])
     log(
         f"GradInit benchmark on {device} ({torch.get_num_threads()} threads), models {models}, hvp {args.hvp},"
         f" warm-up {warmup}, repeats {repeats}{', quick sizes' if args.quick else ''}"
