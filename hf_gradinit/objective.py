@@ -96,7 +96,9 @@ def grad_norm(grads: Tensors, p: int) -> torch.Tensor:
     """``||g||_p`` over all tensors together (``p`` is 1 or 2), as a 0-dim tensor."""
     if not grads:
         return torch.zeros(())
-    total = torch.stack(torch._foreach_norm(grads, p, dtype=torch.float64))
+    # Sums of non-negative terms: each tensor's norm is accurate in its own dtype (no float64
+    # upcast of every gradient); only the total over tensors is taken in float64.
+    total = torch.stack(torch._foreach_norm(grads, p)).to(torch.float64)
     return total.sum() if p == 1 else total.square().sum().sqrt()
 
 
