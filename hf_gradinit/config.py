@@ -200,6 +200,9 @@ class GradInitConfig:
             values["betas"] = tuple(values["betas"])
         if values.get("exclude") is not None:
             values["exclude"] = tuple(values["exclude"])
+        if "hvp" in values and "fd_scheme" not in values:
+            # Saved before fd_scheme existed: those runs took central differences.
+            values["fd_scheme"] = "central"
         return cls(**values)
 
     def _check(self) -> None:

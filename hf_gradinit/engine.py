@@ -246,11 +246,11 @@ class _Run:
         record: dict = {"step": step, "loss": loss_value, "grad_norm": gnorm_value}
         if gnorm_value > cfg.gamma:
             record["kind"] = "constraint"
-            scale_grad = constraint_scale_gradient(ev, s, grads, gnorm, self.theta0_scaled, self.scaled_idx, cfg)
+            scale_grad = constraint_scale_gradient(ev, s, grads, gnorm_value, self.theta0_scaled, self.scaled_idx, cfg)
         else:
             record["kind"] = "objective"
             lookahead, scale_grad = objective_scale_gradient(
-                ev, s_tilde, grads, gnorm, self.theta0_scaled, self.scaled_idx, cfg
+                ev, s_tilde, grads, gnorm_value, self.theta0_scaled, self.scaled_idx, cfg
             )
             lookahead = float(self.comm.mean(lookahead))
             record["lookahead_loss"] = lookahead

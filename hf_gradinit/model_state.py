@@ -57,9 +57,10 @@ class PreparedModel(contextlib.AbstractContextManager):
 
     Inside, ``theta0[i]`` is the original tensor of ``params[i]`` itself, in its own dtype
     (widening bf16/fp16 to fp32 is exact, so GradInit reads it in fp32 without keeping an fp32
-    copy of the model), and the model's parameters hold fp32 working copies that the engine
-    may overwrite. Call :meth:`commit` with the final
-    values before leaving to keep them; leaving without it discards every change.
+    copy of the model), and the model's parameters hold working copies in GradInit's precision
+    (fp32 for half-precision models, else the parameter's own dtype) that the engine may
+    overwrite. Call :meth:`commit` with the final values before leaving to keep them; leaving
+    without it discards every change.
     """
 
     def __init__(self, model: nn.Module, params: list[ParamInfo], *, hvp: str):
@@ -112,7 +113,9 @@ class PreparedModel(contextlib.AbstractContextManager):
 
         checkpointing = {m: m.gradient_checkpointing for m in model.modules() if hasattr(m, "gradient_checkpointing")}
         for m in checkpointing:
-            # Recomputation would see the real weights, not the substituted ones.
+            # MetaInit and LSUV evaluate by substituting tensors (functional_call), which a
+            # recomputation in the backward pass would not see; and a pass without
+            # recomputation is faster.
             m.gradient_checkpointing = False
         stack.callback(lambda: [setattr(m, "gradient_checkpointing", v) for m, v in checkpointing.items()])
 

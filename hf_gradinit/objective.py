@@ -89,7 +89,29 @@ class LossEvaluator:
             leaves = self.params if at is None else [t.detach().requires_grad_(True) for t in at]
             loss = self.loss(batch, leaves)
         grads = torch.autograd.grad(loss, leaves, create_graph=create_graph, materialize_grads=True)
-        return loss.detach() if not create_graph else loss, list(grads)
+        if create_graph:
+            return loss, list(grads)
+        return loss.detach(), _writable(grads)
+
+
+def _writable(grads: Sequence[torch.Tensor]) -> Tensors:
+    """The gradients, each with memory of its own, so the steps may update them in place.
+
+    Autograd may hand out one tensor for several parameters (``x + a + b``), a view into
+    another parameter's gradient (a slice of a ``torch.cat``), or a broadcast tensor with
+    stride 0 (a parameter that only enters as ``0 * p.sum()``); such gradients are cloned.
+    Checking costs a pointer per tensor; typical models clone nothing.
+    """
+    seen: set[int] = set()
+    out = []
+    for g in grads:
+        ptr = g.untyped_storage().data_ptr()
+        if ptr in seen or torch._debug_has_internal_overlap(g) != 0:
+            g = g.clone(memory_format=torch.contiguous_format)
+            ptr = g.untyped_storage().data_ptr()
+        seen.add(ptr)
+        out.append(g)
+    return out
 
 
 def grad_norm(grads: Tensors, p: int) -> torch.Tensor:
@@ -102,7 +124,7 @@ def grad_norm(grads: Tensors, p: int) -> torch.Tensor:
     return total.sum() if p == 1 else total.square().sum().sqrt()
 
 
-def norm_direction(grads: Tensors, gnorm: torch.Tensor, p: int) -> Tensors:
+def norm_direction(grads: Tensors, gnorm: torch.Tensor | float, p: int) -> Tensors:
     """``v = d||g||_p / dg``: ``g / ||g||_2`` for ``p = 2``, ``sign(g)`` for ``p = 1``."""
     if p == 1:
         return list(torch._foreach_sign(grads))
@@ -112,7 +134,7 @@ def norm_direction(grads: Tensors, gnorm: torch.Tensor, p: int) -> Tensors:
     return list(torch._foreach_div(grads, denom))
 
 
-def virtual_step_(theta: Tensors, grads: Tensors, gnorm: torch.Tensor, config: GradInitConfig) -> float:
+def virtual_step_(theta: Tensors, grads: Tensors, gnorm: torch.Tensor | float, config: GradInitConfig) -> float:
     """Take the first step of the target optimizer in place: ``theta <- c theta - eta A[g]``;
     returns ``c``.
 
@@ -140,7 +162,9 @@ def virtual_step_(theta: Tensors, grads: Tensors, gnorm: torch.Tensor, config: G
     return decay
 
 
-def virtual_step(theta: Tensors, grads: Tensors, gnorm: torch.Tensor, config: GradInitConfig) -> tuple[Tensors, float]:
+def virtual_step(
+    theta: Tensors, grads: Tensors, gnorm: torch.Tensor | float, config: GradInitConfig
+) -> tuple[Tensors, float]:
     """:func:`virtual_step_` on a copy: ``(theta', c)``, ``theta`` unchanged."""
     theta_prime = [t.detach().clone() for t in theta]
     return theta_prime, virtual_step_(theta_prime, grads, gnorm, config)
@@ -240,7 +264,15 @@ def hvp_exact(evaluator: LossEvaluator, batch: Batch, direction: Tensors) -> Ten
     """
     with _math_sdpa():
         _, grads = evaluator.grad(batch, create_graph=True)
-        hv = torch.autograd.grad(grads, evaluator.params, grad_outputs=direction, materialize_grads=True)
+        # A gradient without a graph does not depend on the parameters (a parameter entering
+        # the loss linearly, or not at all): its rows of H are zero.
+        pairs = [(g, v) for g, v in zip(grads, direction, strict=True) if g.requires_grad]
+        if not pairs:
+            return [torch.zeros_like(p) for p in evaluator.params]
+        outputs, vectors = zip(*pairs, strict=True)
+        hv = torch.autograd.grad(
+            outputs, evaluator.params, grad_outputs=vectors, allow_unused=True, materialize_grads=True
+        )
     return [h.detach() for h in hv]
 
 
@@ -248,7 +280,7 @@ def objective_scale_gradient(
     evaluator: LossEvaluator,
     batch_tilde: Batch,
     grads: Tensors,
-    gnorm: torch.Tensor,
+    gnorm: torch.Tensor | float,
     theta0: Tensors,
     scaled_idx: Sequence[int],
     config: GradInitConfig,
@@ -256,7 +288,8 @@ def objective_scale_gradient(
     """Objective step: ``(L(S~; theta'), d/dalpha [L(S~; theta') / eta])`` with ``A[g]`` constant.
 
     ``grads`` is ``g = grad L(S; theta)`` at the model's parameters; the list is emptied once
-    used, so its memory is freed before the second gradient is taken. ``theta0`` holds the
+    used, so its memory is freed before the second gradient is taken. ``gnorm`` (``||g||_p``)
+    may be a Python float the caller already has, which saves a device synchronisation. ``theta0`` holds the
     original values of the tensors listed by ``scaled_idx``. The look-ahead loss comes back
     as a 0-dim tensor on the model's device (no synchronisation here). Leaves the parameters
     at ``theta'``; the caller restores them.
@@ -272,7 +305,7 @@ def constraint_scale_gradient(
     evaluator: LossEvaluator,
     batch: Batch,
     grads: Tensors,
-    gnorm: torch.Tensor,
+    gnorm: torch.Tensor | float,
     theta0: Tensors,
     scaled_idx: Sequence[int],
     config: GradInitConfig,

@@ -406,3 +406,113 @@ def test_history_records_each_iteration(quiet):
         assert h["seconds"] > 0
     assert result.timings["total_s"] >= result.timings["iterations_s"] > 0
     assert result.config["gamma"] == 1e6 and result.config["eta"] == 0.1
+
+
+# --- gradients autograd hands out shared, and parameters that enter linearly ---------------
+class _TokensWithClass(nn.Module):
+    """ViT-like: a class token concatenated to the inputs, plus position embeddings and an
+    extra bias, all added directly. With one sample, autograd returns the position
+    embeddings' gradient and the extra bias's gradient as one tensor, and the class token's
+    as a slice of it; ``alias=False`` computes the same function without sharing."""
+
+    def __init__(self, alias: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.alias = alias
+        self.cls = nn.Parameter(torch.randn(1, 1, 4, dtype=torch.float64))
+        self.pos = nn.Parameter(torch.randn(1, 3, 4, dtype=torch.float64))
+        self.extra = nn.Parameter(torch.randn(1, 3, 4, dtype=torch.float64))
+        self.head = nn.Linear(4, 3).double()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([self.cls.expand(x.shape[0], 1, 4), x], dim=1)
+        if not self.alias:  # the same values, through fresh tensors in the backward pass
+            tokens = tokens * 1.0
+            return self.head(torch.tanh(tokens + self.pos * 1.0 + self.extra * 1.0).mean(1))
+        return self.head(torch.tanh(tokens + self.pos + self.extra).mean(1))
+
+
+def _token_batches() -> list[tuple]:
+    g = torch.Generator().manual_seed(1)
+    # Two samples: S and S~ have one sample each (overlap 0.5 of a 2-sample batch rounds so).
+    return [(torch.randn(2, 2, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (2,), generator=g))]
+
+
+def test_gradients_autograd_shares_are_not_corrupted_by_in_place_steps(quiet):
+    """Same scales whether or not autograd hands out aliased gradients (it did corrupt them
+    when the steps updated gradients in place)."""
+    runs = []
+    for alias in (True, False):
+        model = _TokensWithClass(alias)
+        cfg = quiet(target="adam", eta=0.05, weight_decay=0.1, gamma=50.0, iters=6)
+        runs.append(gradinit(model, _token_batches(), cfg, loss_fn=xent))
+    assert {h["kind"] for h in runs[0].history} == {"objective"}
+    for name, a in runs[1].scales.items():
+        assert runs[0].scales[name] == pytest.approx(a, abs=1e-12), name
+
+
+def test_loss_evaluator_gradients_own_their_memory():
+    a, b, c = (nn.Parameter(torch.randn(3)) for _ in range(3))
+
+    class Sum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = a, b, c
+
+    model = Sum()
+    loss_fn = lambda m, x: ((x + m.a + m.b) ** 2).sum() + 0.0 * m.c.sum()
+    ev = LossEvaluator(model, ["a", "b", "c"], [a, b, c], loss_fn)
+    _, grads = ev.grad(torch.randn(3))
+    assert len({g.untyped_storage().data_ptr() for g in grads}) == 3
+    assert all(torch._debug_has_internal_overlap(g) == 0 for g in grads)
+
+
+@pytest.mark.parametrize("hvp", ["exact", "finite_difference"])
+def test_parameter_entering_linearly_and_unused_parameter(hvp, quiet):
+    """A parameter whose gradient is constant has no Hessian rows (its scale gets no
+    constraint-step gradient); one outside the loss gets a broadcast zero gradient. Both run
+    in either mode and agree."""
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Linear(5, 3).double()
+            self.shift = nn.Parameter(torch.randn(3, dtype=torch.float64))
+            self.unused = nn.Parameter(torch.randn(2, dtype=torch.float64))
+
+        def forward(self, x):
+            return self.net(x)
+
+    def loss_fn(model, batch):
+        linear = 0.1 * (model.shift * torch.arange(3.0, dtype=torch.float64)).sum()
+        return xent(model, batch) + linear + 0.0 * model.unused.sum()
+
+    result = gradinit(M(), mlp_batches(3), quiet(target="sgd", gamma=1e-6, iters=4, hvp=hvp), loss_fn=loss_fn)
+    assert result.num_constraint_steps == 4
+    assert result.scales["shift"] == 1.0 and result.scales["unused"] == 1.0
+    assert result.scales["net.weight"] != 1.0
+
+
+def test_unscaled_tensors_are_reset_before_every_iteration(quiet):
+    """The steps move every parameter (zero-norm and excluded ones too); each iteration must
+    start from alpha * theta0 with those at their original values."""
+    model = smooth_mlp(seed=7)
+    with torch.no_grad():
+        model[0].bias.zero_()
+    excluded_before = model[3].bias.detach().clone()
+    seen = []
+
+    def loss_fn(m, batch):
+        seen.append((m[0].bias.detach().clone(), m[3].bias.detach().clone()))
+        return xent(m, batch)
+
+    cfg = quiet(target="sgd", normalize_step=False, gamma=1e9, iters=4, exclude=(r"^3\.bias$",))
+    result = gradinit(model, mlp_batches(4, seed=7), cfg, loss_fn=loss_fn)
+    assert result.skipped == {"0.bias": "zero norm", "3.bias": "excluded"}
+    at_theta = seen[0::2]  # objective steps: a pass at theta, then one at theta'
+    assert len(at_theta) == 4
+    for zero_bias, excluded in at_theta:
+        assert torch.equal(zero_bias, torch.zeros_like(zero_bias))
+        assert torch.equal(excluded, excluded_before)
+    assert not torch.equal(seen[1][0], torch.zeros_like(seen[1][0]))  # theta' did move it

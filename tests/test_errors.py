@@ -165,3 +165,9 @@ def test_config_round_trip_and_resolution():
     assert (adam.eta, adam.gamma, adam.lr, adam.betas, adam.norm_order) == (1e-3, 1000.0, 2.5e-3, (0.9, 0.98), 1)
     with pytest.raises(ValueError, match="Unknown GradInitConfig fields"):
         GradInitConfig.from_dict({"eta": 1e-3, "learning_rate": 1})
+    # A config saved before fd_scheme existed ran central differences, and loads so.
+    saved = {k: v for k, v in cfg.to_dict().items() if k not in ("fd_scheme", "compile")}
+    assert GradInitConfig.from_dict(saved).fd_scheme == "central"
+    assert GradInitConfig.from_dict(cfg.to_dict()).fd_scheme == "forward"
+    with pytest.raises(ValueError, match="fd_scheme must be one of"):
+        GradInitConfig(fd_scheme="backward")
