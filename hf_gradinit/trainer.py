@@ -38,6 +38,7 @@ from .data import Batch, LossFn
 from .distributed import Collective, world_size
 from .errors import GradInitError
 from .initializers import InitializerSpec, get_initializer
+from .model_state import model_device
 
 logger = logging.getLogger(__name__)
 
@@ -293,7 +294,7 @@ class InitializerCallback(TrainerCallback):
                 self.result.save(self.save_path)
         self._done_for = weakref.ref(core)
         # gloo reduces CPU tensors, NCCL CUDA ones: the model's device suits its process group.
-        self._report(trainer, state, next((p.device for p in core.parameters()), torch.device("cpu")))
+        self._report(trainer, state, model_device(core))
 
     def _config(self, args: TrainingArguments, state: TrainerState) -> Any:
         if self.spec.config_class is not GradInitConfig:
