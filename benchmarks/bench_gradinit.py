@@ -93,6 +93,7 @@ from torch.nn import functional as F
 
 import hf_gradinit
 from hf_gradinit import GradInitConfig, gradinit
+from hf_gradinit.data import split_batch
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -416,15 +417,6 @@ def train_step(model: nn.Module, batch: Batch, opt: torch.optim.Optimizer, loss_
     opt.step()
 
 
-def two_thirds(batch: Batch) -> Batch:
-    """The first 2/3 of the samples: the size of GradInit's minibatch ``S`` at overlap 0.5."""
-    n = next(iter(tensors_of(batch))).shape[0]
-    m = round(n / 1.5)
-    if isinstance(batch, dict):
-        return {k: v[:m] for k, v in batch.items()}
-    return tuple(t[:m] for t in batch)
-
-
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -451,7 +443,7 @@ class Trainer:
                 m.train()
                 m.track_running_stats = False
         self.pass_params = [p for p in self.pass_model.parameters() if p.requires_grad]
-        self.sub_batch = two_thirds(w.batch)
+        self.sub_batch = split_batch(w.batch, 0.5)[0]  # GradInit's S at the default overlap
 
     def step(self) -> float:
         sync(self.device)
