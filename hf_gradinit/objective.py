@@ -289,10 +289,10 @@ def objective_scale_gradient(
 
     ``grads`` is ``g = grad L(S; theta)`` at the model's parameters; the list is emptied once
     used, so its memory is freed before the second gradient is taken. ``gnorm`` (``||g||_p``)
-    may be a Python float the caller already has, which saves a device synchronisation. ``theta0`` holds the
-    original values of the tensors listed by ``scaled_idx``. The look-ahead loss comes back
-    as a 0-dim tensor on the model's device (no synchronisation here). Leaves the parameters
-    at ``theta'``; the caller restores them.
+    may be a Python float the caller already has, which saves a device synchronisation.
+    ``theta0`` holds the original values of the tensors listed by ``scaled_idx``. The
+    look-ahead loss comes back as a 0-dim tensor on the model's device (no synchronisation
+    here). Leaves the parameters at ``theta'``; the caller restores them.
     """
     decay = virtual_step_(evaluator.params, grads, gnorm, config)
     grads.clear()
