@@ -81,6 +81,13 @@ class InitArguments:
         default=None,
         metadata={"help": "Samples per GradInit batch, per device (default: 1.5x --per_device_train_batch_size)."},
     )
+    gradinit_max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Token-bounded GradInit batches instead of --gradinit_batch_size: sentences grouped by"
+            " length, at most this many tokens per device (fairseq's --max-tokens; the paper: 6000)."
+        },
+    )
     gradinit_hvp: str = field(
         default="finite_difference",
         metadata={"help": "Hessian-vector products of constraint steps.", "choices": list(HVP_MODES)},
@@ -130,6 +137,8 @@ class InitArguments:
     )
 
     def __post_init__(self) -> None:
+        if self.gradinit_max_tokens is not None and self.gradinit_max_tokens < 1:
+            raise ValueError(f"--gradinit_max_tokens must be a positive number, got {self.gradinit_max_tokens}.")
         if (self.gradinit_beta1 is None) != (self.gradinit_beta2 is None):
             raise ValueError("Give both --gradinit_beta1 and --gradinit_beta2, or neither.")
         if self.init_scales_file is not None and not os.path.isfile(self.init_scales_file):
@@ -214,6 +223,7 @@ def trainer_init_kwargs(
                     init_args.model_init,
                     config,
                     batch_size=init_args.gradinit_batch_size,
+                    max_tokens=init_args.gradinit_max_tokens,
                     save_path=init_args.save_path(training_args),
                     result_file=init_args.init_scales_file,
                 )
@@ -226,6 +236,7 @@ def trainer_init_kwargs(
             gradinit_batch_size(training_args, init_args.gradinit_batch_size),
             seed=training_args.seed,
             shard=False,  # model_init runs before wrapping: every process initialises alike
+            max_tokens=init_args.gradinit_max_tokens,
         )
     model_init = make_model_init(
         model_builder,

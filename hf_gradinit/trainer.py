@@ -39,6 +39,7 @@ from .distributed import Collective, world_size
 from .errors import GradInitError
 from .initializers import InitializerSpec, get_initializer
 from .model_state import model_device
+from .token_batches import dataset_lengths, token_batches
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +180,11 @@ class _ShardedBatches:
         seed: int,
         num_workers: int = 0,
         shard: bool = True,
+        max_tokens: int | None = None,
     ):
         self.shard = shard
+        self.max_tokens = max_tokens
+        self._lengths: list[int] | None = None
         self.dataset = dataset
         self.collate_fn = collate_fn
         self.batch_size = batch_size
@@ -197,6 +201,9 @@ class _ShardedBatches:
                 if i % world == rank:
                     yield batch
             return
+        if self.max_tokens is not None:
+            yield from self._token_bounded(world, rank)
+            return
         g = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
         order = torch.randperm(len(self.dataset), generator=g).tolist()
@@ -207,6 +214,19 @@ class _ShardedBatches:
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             drop_last=len(order) >= self.batch_size,
+        )
+        yield from loader
+
+    def _token_bounded(self, world: int, rank: int) -> Iterator[Batch]:
+        # Every process cuts the same batches (same seed) and takes every world-th one, so
+        # each holds at most max_tokens tokens per device, as a token-bounded training batch.
+        if self._lengths is None:
+            self._lengths = dataset_lengths(self.dataset)
+        batches = token_batches(self._lengths, self.max_tokens, seed=self.seed + self.epoch)
+        self.epoch += 1
+        batches = batches[: len(batches) - len(batches) % world][rank::world]
+        loader = DataLoader(
+            self.dataset, batch_sampler=batches, collate_fn=self.collate_fn, num_workers=self.num_workers
         )
         yield from loader
 
@@ -223,6 +243,9 @@ class InitializerCallback(TrainerCallback):
             (which applies label smoothing and any override in a Trainer subclass).
         batch_size: Batch size of the initialiser's batches; default 1.5x the per-device
             training batch (see :func:`gradinit_batch_size`).
+        max_tokens: Token-bounded batches instead (fairseq's ``--max-tokens``; the paper's
+            GradInit used 6,000): sentences grouped by length, at most this many tokens per
+            device, padding included (see :mod:`hf_gradinit.token_batches`).
         save_path: Write the result there (JSON) from the main process.
         result_file: Re-apply a result saved earlier instead of computing one.
 
@@ -237,10 +260,14 @@ class InitializerCallback(TrainerCallback):
         *,
         loss_fn: LossFn | None = None,
         batch_size: int | None = None,
+        max_tokens: int | None = None,
         save_path: str | os.PathLike | None = None,
         result_file: str | os.PathLike | None = None,
     ):
+        if max_tokens is not None and max_tokens < 1:
+            raise ValueError(f"max_tokens must be a positive number of tokens, got {max_tokens!r}.")
         self.spec: InitializerSpec = get_initializer(name)
+        self.max_tokens = max_tokens
         self.config = config
         self.loss_fn = loss_fn
         self.batch_size = batch_size
@@ -287,6 +314,7 @@ class InitializerCallback(TrainerCallback):
                     gradinit_batch_size(args, self.batch_size),
                     seed=args.seed,
                     num_workers=args.dataloader_num_workers,
+                    max_tokens=self.max_tokens,
                 )
             loss_fn = self.loss_fn or (_trainer_loss_fn(trainer) if trainer is not None else None)
             self.result = self.spec.fn(core, data, config, loss_fn=loss_fn, distributed=None)
