@@ -3,9 +3,12 @@
 rates (Adam) x learning rates and momenta (SGD) x seeds, each a ``run_translation.py`` run.
 
 A variant is written ``[BASE/]INIT[+warmup]``: ``BASE`` is ``--base_init`` (``model``, the
-default: transformers' N(0, 0.02); or ``xavier``: fairseq's scheme), ``INIT`` is
-``--model_init`` (any registered initialiser), ``+warmup`` adds ``--warmup`` steps of linear
-warmup. The default variants are ``default+warmup``, ``default``, ``gradinit`` and every
+default: transformers' N(0, 0.02); ``fairseq``: fairseq's exact init; ``xavier``: Xavier
+everywhere), ``INIT`` is ``--model_init`` (any registered initialiser), ``+warmup`` adds
+``--warmup`` steps of warmup: linear (``--warmup_scheduler linear``, the schedule of the run)
+or fairseq's inverse square root (``--warmup_scheduler inverse_sqrt``: linear to the peak, then
+``lr * sqrt(warmup / step)``, the usual Post-LN baseline with 4,000 updates).
+The default variants are ``default+warmup``, ``default``, ``gradinit`` and every
 other registered initialiser, all without warmup unless marked.
 
 Every finished run is appended to ``results.jsonl`` in ``--out``; running the same command
@@ -38,6 +41,8 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 from hf_gradinit.reporting import mean_std, run_recorded, run_sweep, sweep_parser  # noqa: E402
+
+BASES = ("model", "fairseq", "xavier")
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ def command(run: Run, args: argparse.Namespace, out_dir: Path) -> list[str]:
         "--base_init", base, "--model_init", init, "--warmup_steps", str(args.warmup if warmup else 0),
         "--disable_tqdm", "true", "--logging_steps", str(args.logging_steps),
     ]  # fmt: skip
+    if warmup and args.warmup_scheduler == "inverse_sqrt":
+        cmd += ["--lr_scheduler_type", "inverse_sqrt"]
     if run.optim == "sgd":
         cmd += ["--optim", "sgd", "--optim_args", f"momentum={run.momentum:g}"]
     else:
@@ -107,7 +114,8 @@ def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         history = json.loads(state_file.read_text())["log_history"] if state_file.exists() else []
         record["loss_curve"] = [[h["step"], h["loss"]] for h in history if "loss" in h and "step" in h]
     base, init, warmup = run.parts()
-    record.update(base_init=base, model_init=init, warmup=args.warmup if warmup else 0)
+    record.update(base_init=base, model_init=init, warmup=args.warmup if warmup else 0,
+                  warmup_scheduler=args.warmup_scheduler if warmup else None)  # fmt: skip
     return record
 
 
@@ -200,6 +208,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--momenta", nargs="*", type=float, default=[0.9])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--warmup", type=int, default=400, help="warmup steps of the +warmup variants")
+    parser.add_argument(
+        "--warmup_scheduler",
+        choices=["linear", "inverse_sqrt"],
+        default="linear",
+        help="schedule of the +warmup variants: the run's linear one, or fairseq's inverse sqrt",
+    )
     parser.add_argument("--logging_steps", type=int, default=25)
     args = parser.parse_args(argv)
     args.run_args = run_args
@@ -208,8 +222,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     for v in args.variants:
         base, init, _ = Run(v, "adam", 1.0, None, 0).parts()
-        if init not in available_initializers() or base not in ("model", "xavier"):
-            parser.error(f"variant {v!r}: INIT must be one of {available_initializers()}, BASE 'model' or 'xavier'.")
+        if init not in available_initializers() or base not in BASES:
+            parser.error(f"variant {v!r}: INIT must be one of {available_initializers()}, BASE one of {BASES}.")
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     records = run_sweep(
         plan(args),

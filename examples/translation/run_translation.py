@@ -5,10 +5,17 @@ In the spirit of 🤗 transformers' ``examples/pytorch/translation/run_translati
 (argument dataclasses, ``datasets``, ``Seq2SeqTrainer``, ``DataCollatorForSeq2Seq``), extended
 for the GradInit paper's setting:
 
-* the model is built **from a config** (``--config_name post_ln_small`` or
-  ``transformer_iwslt_de_en``, shipped in ``configs/``, or any config JSON) and trained from
+* the model is built **from a config** (``--config_name post_ln_small``, ``paper_small``,
+  ``paper_iwslt_de_en``..., shipped in ``configs/``, or any config JSON) and trained from
   scratch; ``--base_init model`` keeps transformers' own N(0, 0.02) initialisation,
-  ``--base_init xavier`` uses fairseq's scheme (the paper's baseline);
+  ``--base_init fairseq`` uses fairseq's exact Transformer init (the paper's baseline),
+  ``--base_init xavier`` the simpler Xavier-everywhere variant;
+* ``--recipe paper`` (or ``paper_small`` for a CPU) sets every option to the paper's value:
+  fairseq init, decoder-only tied embeddings, no gradient clipping, token-bounded batches
+  (``--max_tokens``, ``--gradinit_max_tokens``), a linear decay whose horizon is 100k updates
+  whatever the run's length (``--schedule_steps``), GradInit with eta = 2 x lr, T 780, tau 2.5e-3;
+* ``--first_step_report`` writes, before training and again after the initialiser, how far
+  the optimizer's first step moves every tensor (``hf_gradinit.diagnostics``), table and plot;
 * ``--model_init {default,gradinit,...}`` (every registered initialiser) runs on top of it,
   through ``hf_gradinit``'s ``InitArguments``; ``--gradinit_*`` tune GradInit;
 * a joint BPE tokenizer is trained offline on the training text (or ``--tokenizer_name``);
@@ -52,13 +59,15 @@ from transformers import (
     PreTrainedTokenizerFast,
     Seq2SeqTrainer,
     Seq2SeqTrainingArguments,
+    TrainerCallback,
     set_seed,
 )
 
 from hf_gradinit import InitArguments, trainer_init_kwargs
 from hf_gradinit.reporting import machine_description
-from hf_gradinit.schemes import xavier_init
-from hf_gradinit.trainer import initializer_timing
+from hf_gradinit.schemes import fairseq_init, xavier_init
+from hf_gradinit.token_batches import TokenBatchSampler, dataset_lengths, token_batches
+from hf_gradinit.trainer import initializer_timing, target_for_optim
 
 logger = logging.getLogger("run_translation")
 
@@ -86,9 +95,50 @@ SCRIPT_DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 64,
     "per_device_eval_batch_size": 64,
     "logging_steps": 25,
+    "max_grad_norm": 0.0,  # the paper clips no gradient (TrainingArguments' default is 1.0)
     "save_strategy": "no",
     "report_to": "none",
     "seed": 0,
+}
+
+
+# Named recipes: every option at the GradInit paper's value (section 2 of the method note and
+# the authors' fairseq command). Flags given on the command line override them. "paper" is the
+# IWSLT'14 model itself; "paper_small" is the same recipe for a CPU: the architecture at d 128,
+# the token budgets scaled by 1/4 (1,024 training / 1,500 GradInit tokens, the paper's ratio).
+_PAPER_RECIPE: dict[str, Any] = {
+    "config_name": "paper_iwslt_de_en",
+    "vocab_size": 10000,
+    "base_init": "fairseq",
+    "learning_rate": 5e-4,
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.98,
+    "weight_decay": 1e-4,
+    "label_smoothing_factor": 0.1,
+    "max_grad_norm": 0.0,
+    "warmup_steps": 0,
+    "lr_scheduler_type": "linear",
+    "schedule_steps": 100000,
+    "max_tokens": 4096,
+    "gradinit_max_tokens": 6000,
+    "gradinit_eta_scale": 2.0,
+    "gradinit_iters": 780,
+    "gradinit_lr": 2.5e-3,
+    "gradinit_gamma": 1000.0,
+    "gradinit_beta1": 0.9,
+    "gradinit_beta2": 0.98,
+    "optim": "adamw_torch",
+}
+RECIPES: dict[str, dict[str, Any]] = {
+    "none": {},
+    "paper": _PAPER_RECIPE,
+    "paper_small": {
+        **_PAPER_RECIPE,
+        "config_name": "paper_small",
+        "vocab_size": 4000,
+        "max_tokens": 1024,
+        "gradinit_max_tokens": 1500,
+    },
 }
 
 
@@ -115,11 +165,82 @@ class ModelArguments:
     base_init: str = field(
         default="model",
         metadata={
-            "help": "Initialisation before --model_init: 'model' (transformers' N(0, 0.02) for Marian) or"
-            " 'xavier' (fairseq's Transformer scheme, the GradInit paper's baseline).",
-            "choices": ["model", "xavier"],
+            "help": "Initialisation before --model_init: 'model' (transformers' N(0, 0.02) for Marian),"
+            " 'fairseq' (fairseq's Transformer init exactly, the GradInit paper's baseline) or 'xavier'"
+            " (Xavier-uniform for every linear layer, zero biases).",
+            "choices": ["model", "fairseq", "xavier"],
         },
     )
+
+
+@dataclass
+class RecipeArguments:
+    recipe: str = field(
+        default="none",
+        metadata={
+            "help": "Set every option to a named recipe's value first: 'paper' (the GradInit paper's IWSLT'14"
+            " Post-LN setting) or 'paper_small' (the same at CPU size); flags given override it.",
+            "choices": sorted(RECIPES),
+        },
+    )
+    max_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Token-bounded training batches (fairseq's --max-tokens; the paper: 4096): sentences grouped"
+            " by length, at most this many tokens per device, padding included. Replaces"
+            " --per_device_train_batch_size."
+        },
+    )
+    schedule_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Horizon of the learning-rate schedule, independent of the run's length (the paper: linear"
+            " decay over 100000 updates), so a short run is the first part of the long one. Default: the"
+            " run's own number of steps."
+        },
+    )
+    gradinit_eta_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "GradInit's eta is this times --learning_rate when --gradinit_eta is not given (the paper:"
+            " eta 1e-3 for lr 5e-4, i.e. 2)."
+        },
+    )
+    first_step_report: bool = field(
+        default=False,
+        metadata={
+            "help": "Write first_step_report[_init].{md,json,png}: the relative size of the optimizer's first"
+            " update and the gradient norm of every tensor, before and after the initialiser."
+        },
+    )
+
+
+class TranslationTrainer(Seq2SeqTrainer):
+    """``Seq2SeqTrainer`` with fairseq's token-bounded batches and a schedule horizon of its own."""
+
+    def __init__(self, *args: Any, max_tokens: int | None = None, schedule_steps: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.max_tokens = max_tokens
+        self.schedule_steps = schedule_steps
+
+    def get_train_dataloader(self):
+        if self.max_tokens is None:
+            return super().get_train_dataloader()
+        from torch.utils.data import DataLoader
+
+        dataset = self._remove_unused_columns(self.train_dataset, description="Training")
+        sampler = TokenBatchSampler(dataset_lengths(dataset), self.max_tokens, seed=self.args.seed)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        return super().create_scheduler(self.schedule_steps or num_training_steps, optimizer)
 
 
 @dataclass
@@ -299,19 +420,96 @@ def build_config(model_args: ModelArguments, tokenizer) -> Any:
     return config
 
 
+# --- the first-step diagnostic -------------------------------------------------------------
+class FirstStepReporter(TrainerCallback):
+    """Writes ``first_step_report`` files: once for the base initialisation (:meth:`base`),
+    once at ``on_train_begin`` after the initialiser callback has run, and a plot of both."""
+
+    def __init__(self, batch, training_args, label_smoothing: float, init_name: str):
+        self.batch = batch
+        self.args = training_args
+        self.init_name = init_name
+        self.reports: list[Any] = []
+        self.loss_fn = None
+        if label_smoothing > 0:
+            from transformers.trainer_pt_utils import LabelSmoother
+
+            smoother = LabelSmoother(epsilon=label_smoothing)
+            self.loss_fn = lambda model, batch: smoother(model(**batch), batch["labels"])
+
+    def _report(self, model, label: str, stem: str) -> None:
+        from hf_gradinit.diagnostics import first_step_report, plot_first_step
+
+        target = target_for_optim(self.args.optim) or "adam"
+        report = first_step_report(model, self.batch, self.args.learning_rate, target,  # type: ignore[arg-type]
+                                   loss_fn=self.loss_fn, weight_decay=self.args.weight_decay, label=label)  # fmt: skip
+        self.reports.append(report)
+        if self.args.process_index != 0:
+            return
+        out = Path(self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        report.save(out / f"{stem}.json")
+        (out / f"{stem}.md").write_text(report.table() + "\n")
+        plot_first_step(self.reports, out / "first_step_report.png")
+        logger.info("First-step report (%s): %s", label, report.total())
+
+    def base(self, model) -> None:
+        self._report(model, "base init", "first_step_report")
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0 and self.init_name != "default" and model is not None:
+            self._report(model, f"after {self.init_name}", "first_step_report_init")
+
+
+def diagnostic_batch(train_dataset, collator, recipe_args, training_args):
+    """One deterministic training batch: the first token-bounded batch, or the first samples."""
+    if recipe_args.max_tokens is not None:
+        indices = token_batches(dataset_lengths(train_dataset), recipe_args.max_tokens, seed=training_args.seed)[0]
+    else:
+        indices = list(range(min(len(train_dataset), training_args.per_device_train_batch_size)))
+    features = [{k: v for k, v in train_dataset[i].items() if k in ("input_ids", "attention_mask", "labels")}
+                for i in indices]  # fmt: skip
+    return collator(features)
+
+
 # --- the run -------------------------------------------------------------------------------
+def _recipe_name(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg == "--recipe" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--recipe="):
+            return arg.split("=", 1)[1]
+    return "none"
+
+
 def parse_args(argv: list[str] | None = None):
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments, InitArguments))
-    parser.set_defaults(**SCRIPT_DEFAULTS)
+    parser = HfArgumentParser(
+        (ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments, InitArguments, RecipeArguments)
+    )
     if argv is None:
         argv = sys.argv[1:]
     if len(argv) == 1 and argv[0].endswith(".json"):
+        parser.set_defaults(**SCRIPT_DEFAULTS)
         return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    recipe = _recipe_name(argv)
+    if recipe not in RECIPES:
+        parser.error(f"--recipe {recipe}: choose one of {sorted(RECIPES)}.")
+    # The recipe's values become defaults, so any flag on the command line still wins.
+    parser.set_defaults(**{**SCRIPT_DEFAULTS, **RECIPES[recipe]})
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def run(model_args, data_args, training_args, init_args) -> dict[str, Any]:
+def run(model_args, data_args, training_args, init_args, recipe_args=None) -> dict[str, Any]:
     started = time.time()
+    recipe_args = recipe_args or RecipeArguments()
+    if recipe_args.max_tokens is not None and recipe_args.max_tokens < 1:
+        raise UsageError(f"--max_tokens must be a positive number of tokens, got {recipe_args.max_tokens}.")
+    if recipe_args.schedule_steps is not None and recipe_args.schedule_steps < 1:
+        raise UsageError(f"--schedule_steps must be a positive number of steps, got {recipe_args.schedule_steps}.")
+    if not (recipe_args.gradinit_eta_scale > 0):
+        raise UsageError(f"--gradinit_eta_scale must be > 0, got {recipe_args.gradinit_eta_scale}.")
+    if init_args.gradinit_eta is None and recipe_args.gradinit_eta_scale != 1.0:
+        init_args.gradinit_eta = recipe_args.gradinit_eta_scale * training_args.learning_rate
     set_seed(training_args.seed)
     raw = load_raw_datasets(data_args, training_args.seed)
     src, tgt = data_args.source_lang, data_args.target_lang
@@ -358,6 +556,8 @@ def run(model_args, data_args, training_args, init_args) -> dict[str, Any]:
             model = MarianMTModel(build_config(model_args, tokenizer))
         if model_args.base_init == "xavier":
             xavier_init(model)
+        elif model_args.base_init == "fairseq":
+            fairseq_init(model)
         model.generation_config.max_length = training_args.generation_max_length or data_args.max_target_length
         model.generation_config.num_beams = training_args.generation_num_beams or 1
         return model
@@ -383,24 +583,47 @@ def run(model_args, data_args, training_args, init_args) -> dict[str, Any]:
         lengths = [int(np.count_nonzero(p != tokenizer.pad_token_id)) for p in preds]
         return {"bleu": bleu.score, "gen_len": float(np.mean(lengths))}
 
-    trainer = Seq2SeqTrainer(
+    init_kwargs = trainer_init_kwargs(init_args, training_args, model=model)
+    if recipe_args.first_step_report and "train" in tokenized:
+        reporter = FirstStepReporter(
+            diagnostic_batch(tokenized["train"], collator, recipe_args, training_args),
+            training_args,
+            training_args.label_smoothing_factor,
+            init_args.model_init,
+        )
+        reporter.base(model)
+        init_kwargs["callbacks"].append(reporter)  # after the initialiser's callback
+    trainer = TranslationTrainer(
+        max_tokens=recipe_args.max_tokens,
+        schedule_steps=recipe_args.schedule_steps,
         args=training_args,
         train_dataset=tokenized.get("train") if training_args.do_train else None,
         eval_dataset=tokenized.get("validation") if training_args.do_eval else None,
         processing_class=tokenizer,
         data_collator=collator,
         compute_metrics=compute_metrics if training_args.predict_with_generate else None,
-        **trainer_init_kwargs(init_args, training_args, model=model),
+        **init_kwargs,
     )
 
     results: dict[str, Any] = {
         "config_name": model_args.config_name,
         "base_init": model_args.base_init,
         "model_init": init_args.model_init,
+        "recipe": recipe_args.recipe,
         "trainable_parameters": n_params,
     }
     if training_args.do_train:
-        train_result = trainer.train()
+        from transformers.trainer_utils import get_last_checkpoint
+
+        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        if last is not None and not os.path.isfile(os.path.join(last, "trainer_state.json")):
+            logger.warning("Ignoring %s: incomplete (no trainer_state.json, the run stopped while saving).", last)
+            last = None
+        if last is not None:
+            # A long run stopped half-way goes on from its last checkpoint, which already holds
+            # the initialised weights (the initialiser callback skips itself then).
+            logger.info("Resuming from %s", last)
+        train_result = trainer.train(resume_from_checkpoint=last)
         results.update(train_result.metrics)
         results.update(initializer_timing(trainer, train_result.metrics["train_runtime"]))
         trainer.save_model()
@@ -426,9 +649,9 @@ def run(model_args, data_args, training_args, init_args) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    model_args, data_args, training_args, init_args = parse_args(argv)
+    model_args, data_args, training_args, init_args, recipe_args = parse_args(argv)
     try:
-        return run(model_args, data_args, training_args, init_args)
+        return run(model_args, data_args, training_args, init_args, recipe_args)
     except UsageError as err:
         print(f"run_translation.py: error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
