@@ -70,6 +70,9 @@ class InitArguments:
     )
     gradinit_min_scale: float = field(default=0.01, metadata={"help": "Lower bound of weight scales."})
     gradinit_max_scale: float | None = field(default=None, metadata={"help": "Upper bound of weight scales."})
+    gradinit_norm_min_scale: float = field(
+        default=0.01, metadata={"help": "Lower bound of normalisation-layer weight scales."}
+    )
     gradinit_norm_max_scale: float | None = field(
         default=100.0, metadata={"help": "Upper bound of normalisation-layer weight scales."}
     )
@@ -105,6 +108,13 @@ class InitArguments:
         metadata={"help": "Run GradInit's first-order gradient passes through torch.compile (pays on long GPU runs)."},
     )
     gradinit_seed: int = field(default=0, metadata={"help": "Seed of the GradInit run."})
+    gradinit_exclude: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Regular expressions of parameter names GradInit leaves unscaled (they still take part in"
+            " the virtual step), e.g. 'decoder.*(v_proj|out_proj).weight'."
+        },
+    )
     gradinit_beta1: float | None = field(
         default=None, metadata={"help": "Scale-Adam beta1, with --gradinit_beta2 (default: 0.9)."}
     )
@@ -157,12 +167,14 @@ class InitArguments:
             clip=self.gradinit_clip,
             min_scale=self.gradinit_min_scale,
             max_scale=self.gradinit_max_scale,
+            norm_min_scale=self.gradinit_norm_min_scale,
             norm_max_scale=self.gradinit_norm_max_scale,
             overlap=self.gradinit_overlap,
             hvp=self.gradinit_hvp,  # type: ignore[arg-type]
             fd_scheme=self.gradinit_fd_scheme,  # type: ignore[arg-type]
             compile=self.gradinit_compile,
             seed=self.gradinit_seed,
+            exclude=tuple(self.gradinit_exclude),
             betas=None if self.gradinit_beta1 is None else (self.gradinit_beta1, self.gradinit_beta2),  # type: ignore[arg-type]
             bias_min_scale=self.gradinit_bias_min_scale,
             weight_decay=self.gradinit_weight_decay,

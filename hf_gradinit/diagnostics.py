@@ -110,8 +110,14 @@ class FirstStepReport:
         }
 
     def table(self, max_rows: int | None = None, sort: bool = False) -> str:
-        """A Markdown table, one row per tensor (largest relative update first if ``sort``)."""
-        rows = sorted(self.rows, key=lambda r: -r.relative_update) if sort else list(self.rows)
+        """A Markdown table, one row per tensor (if ``sort``: largest relative update first, zero
+        tensors, whose relative update is infinite, last)."""
+
+        def order(r: TensorStep) -> tuple[bool, float]:
+            rel = r.relative_update
+            return (math.isinf(rel), 0.0 if math.isinf(rel) else -rel)
+
+        rows = sorted(self.rows, key=order) if sort else list(self.rows)
         shown = rows if max_rows is None else rows[:max_rows]
         t = self.total()
         lines = [

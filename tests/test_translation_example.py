@@ -159,3 +159,73 @@ def test_no_warmup_rejects_unknown_variant(tmp_path, capsys):
     with pytest.raises(SystemExit):
         no_warmup.main(["--out", str(tmp_path), "--variants", "magic"])
     assert "INIT must be one of" in capsys.readouterr().err
+
+
+def test_paper_recipe_sets_the_papers_values_and_flags_still_win():
+    model_args, _, training_args, init_args, recipe_args = run_translation.parse_args(
+        ["--output_dir", "unused", "--recipe", "paper", "--learning_rate", "1e-3"]
+    )
+    assert model_args.config_name == "paper_iwslt_de_en" and model_args.base_init == "fairseq"
+    assert training_args.learning_rate == 1e-3  # the flag, not the recipe's 5e-4
+    assert training_args.max_grad_norm == 0.0 and training_args.warmup_steps == 0
+    assert (training_args.adam_beta1, training_args.adam_beta2) == (0.9, 0.98)
+    assert recipe_args.max_tokens == 4096 and init_args.gradinit_max_tokens == 6000
+    assert recipe_args.schedule_steps == 100000 and recipe_args.gradinit_eta_scale == 2.0
+    assert (init_args.gradinit_iters, init_args.gradinit_lr, init_args.gradinit_gamma) == (780, 2.5e-3, 1000.0)
+    config = json.loads((REPO / "examples/translation/configs/paper_iwslt_de_en.json").read_text())
+    assert not config["share_encoder_decoder_embeddings"] and config["tie_word_embeddings"]
+    assert (config["attention_dropout"], config["activation_dropout"], config["dropout"]) == (0.1, 0.1, 0.3)
+    # Without a recipe the script's own defaults hold, clipping off as in the paper.
+    _, _, plain, _, plain_recipe = run_translation.parse_args(["--output_dir", "unused"])
+    assert plain.max_grad_norm == 0.0 and plain_recipe.max_tokens is None and plain.learning_rate == 5e-4
+
+
+def test_paper_small_recipe_end_to_end_with_token_batches_schedule_report_and_resume(tmp_path):
+    argv = [
+        "--recipe", "paper_small", "--builtin_train_size", "200", "--model_init", "gradinit",
+        "--max_tokens", "200", "--gradinit_max_tokens", "300", "--first_step_report", "true",
+        "--save_init_scales", "true", "--learning_rate", "1e-3", "--do_eval", "false", "--do_predict", "false",
+        "--save_strategy", "steps", "--save_steps", "2",
+    ]  # fmt: skip
+    results = run(tmp_path, *argv)
+    out = tmp_path / "out"
+    assert results["recipe"] == "paper_small" and results["base_init"] == "fairseq"
+    saved = json.loads((out / "init_scales.json").read_text())
+    assert saved["config"]["eta"] == pytest.approx(2e-3)  # eta = 2 x lr, the paper's ratio
+    state = json.loads((out / "trainer_state.json").read_text())
+    lrs = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
+    # Linear decay over 100k updates: after 4 steps the lr is still 1e-3 * (1 - 4/1e5), not 0.
+    assert lrs and all(lr == pytest.approx(1e-3, rel=1e-4) for lr in lrs)
+    for stem in ("first_step_report", "first_step_report_init"):
+        report = json.loads((out / f"{stem}.json").read_text())
+        assert report["target"] == "adamw" and report["lr"] == 1e-3 and report["rows"]
+        assert (out / f"{stem}.md").read_text().startswith("First adamw step at lr 0.001")
+    assert (out / "first_step_report.png").stat().st_size > 10_000
+    # Resuming: a second call with more steps goes on from the last checkpoint, GradInit not rerun.
+    results = run(tmp_path, *argv, "--max_steps", "6")
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert sum("gradinit/iterations" in h for h in state["log_history"]) == 1
+
+
+def test_token_bounded_training_batches_respect_the_bound(tmp_path):
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
+
+    tokenizer = run_translation.train_bpe_tokenizer(["eins zwei drei vier", "one two three four five"] * 50, 60, 64)
+    rows = [{"input_ids": [5] * n, "attention_mask": [1] * n, "labels": [6] * (n // 2 + 1)} for n in range(1, 41)]
+    from datasets import Dataset
+
+    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", seed=0)
+    trainer = run_translation.TranslationTrainer(
+        max_tokens=64, args=args, train_dataset=Dataset.from_list(rows),
+        data_collator=DataCollatorForSeq2Seq(tokenizer), model=torch_model(),
+    )  # fmt: skip
+    batches = list(trainer.get_train_dataloader())
+    assert sum(b["input_ids"].shape[0] for b in batches) == len(rows)
+    assert all(b["input_ids"].numel() <= 64 for b in batches)
+
+
+def torch_model():
+    from conftest import tiny_marian
+
+    return tiny_marian(vocab=64)
