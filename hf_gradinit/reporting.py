@@ -134,9 +134,11 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Run the items of ``plan`` (each with a ``key``; its log in ``logs/<key>.log``) not yet in
     ``results_path``, ``jobs`` at a time, appending ``execute(item)``'s record as each finishes
-    and printing ``describe(record)``; return every record in the file. Running the same plan
-    again resumes a half-done sweep."""
-    done = {r["key"] for r in read_jsonl(results_path)}
+    and printing ``describe(record)``; return the newest record of every key in the file. Running
+    the same plan again resumes a half-done sweep: a run that was killed by a signal (the
+    session ending under it: a negative return code) counts as not done and runs again, and a
+    run that saves checkpoints goes on from its last one."""
+    done = {r["key"] for r in read_jsonl(results_path) if r.get("returncode", 0) >= 0}
     todo = [] if report_only else [item for item in plan if item.key not in done]
     print(f"{len(done)} runs already done, {len(todo)} to go", flush=True)
 
@@ -147,4 +149,4 @@ def run_sweep(
         print(f"[{i}/{len(todo)}] {item.key}: {describe(record)}, {record['wall_time_s']:.0f}s{status}", flush=True)
 
     run_all(todo, one, jobs)
-    return read_jsonl(results_path)
+    return list({r["key"]: r for r in read_jsonl(results_path)}.values())

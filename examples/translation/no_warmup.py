@@ -146,7 +146,9 @@ def write_table(records: list[dict[str, Any]], path: Path) -> None:
                 continue
             losses = [r["loss_curve"][-1][1] for r in rs if r.get("loss_curve")]
             loss = f" [{statistics.fmean(losses):.2f}]" if losses else ""
-            cells.append(f"{mean_std([bleu_of(r) for r in rs])}{loss} (n={len(rs)})")
+            measured = [r for r in rs if r["returncode"] != 0 or not math.isnan(bleu_of(r))]
+            bleu = mean_std([bleu_of(r) for r in rs]) if measured else "no BLEU asked"
+            cells.append(f"{bleu}{loss} (n={len(rs)})")
         lines.append(f"| {label} | {lr:g} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 

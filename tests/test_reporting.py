@@ -1,0 +1,31 @@
+"""The sweep helpers the example scripts share: resuming, killed runs, newest record per key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hf_gradinit.reporting import append_jsonl, read_jsonl, run_sweep
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+
+
+def test_a_run_killed_by_a_signal_runs_again_and_its_new_record_wins(tmp_path, capsys):
+    results = tmp_path / "results.jsonl"
+    append_jsonl(results, {"key": "a", "returncode": 0, "bleu": 1.0})
+    append_jsonl(results, {"key": "b", "returncode": -15, "bleu": None})  # the session ended under it
+    append_jsonl(results, {"key": "c", "returncode": 1, "bleu": None})  # a real failure: not retried
+    ran = []
+
+    def execute(item):
+        ran.append(item.key)
+        return {"key": item.key, "returncode": 0, "bleu": 2.0, "wall_time_s": 0.0}
+
+    records = run_sweep([Item("a"), Item("b"), Item("c"), Item("d")], execute, str, results, jobs=1,
+                        report_only=False)  # fmt: skip
+    assert ran == ["b", "d"] and "2 runs already done, 2 to go" in capsys.readouterr().out
+    newest = {r["key"]: r for r in records}
+    assert len(records) == 4 and newest["b"]["returncode"] == 0 and newest["b"]["bleu"] == 2.0
+    assert len(read_jsonl(results)) == 5  # the killed record stays in the file, superseded
