@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 from transformers import TrainingArguments
 
-from .config import FD_SCHEMES, HVP_MODES, TARGETS, GradInitConfig
+from .config import FD_SCHEMES, HVP_MODES, TARGETS, TIED_LOOKAHEADS, GradInitConfig
 from .data import Batch
 from .errors import GradInitError
 from .initializers import RegisteredNames, get_initializer
@@ -103,6 +103,14 @@ class InitArguments:
             "choices": list(FD_SCHEMES),
         },
     )
+    gradinit_tied_lookahead: str = field(
+        default="all",
+        metadata={
+            "help": "Virtual step of an output projection tied to the input embedding: 'all' moves the shared"
+            " tensor everywhere; 'input_only' keeps the output projection unmoved, as the authors' code.",
+            "choices": list(TIED_LOOKAHEADS),
+        },
+    )
     gradinit_compile: bool = field(
         default=False,
         metadata={"help": "Run GradInit's first-order gradient passes through torch.compile (pays on long GPU runs)."},
@@ -175,6 +183,7 @@ class InitArguments:
             compile=self.gradinit_compile,
             seed=self.gradinit_seed,
             exclude=tuple(self.gradinit_exclude),
+            tied_lookahead=self.gradinit_tied_lookahead,  # type: ignore[arg-type]
             betas=None if self.gradinit_beta1 is None else (self.gradinit_beta1, self.gradinit_beta2),  # type: ignore[arg-type]
             bias_min_scale=self.gradinit_bias_min_scale,
             weight_decay=self.gradinit_weight_decay,

@@ -15,6 +15,8 @@ TARGETS: tuple[str, ...] = ("sgd", "adam", "adamw")
 HVP_MODES: tuple[str, ...] = ("exact", "finite_difference")
 FdScheme = Literal["forward", "central"]
 FD_SCHEMES: tuple[str, ...] = ("forward", "central")
+TiedLookahead = Literal["all", "input_only"]
+TIED_LOOKAHEADS: tuple[str, ...] = ("all", "input_only")
 
 # Reference settings of the authors' code, by the optimizer GradInit models. "sgd" is the
 # CIFAR recipe (normalised step, eta 0.1, gamma 1 on the 2-norm, 390 iterations, clip 1,
@@ -113,6 +115,13 @@ class GradInitConfig:
             ``benchmarks/README.md``); exact Hessian-vector products stay eager.
         exclude: Regular expressions of parameter names never to rescale (they still take
             part in the virtual step and the gradient norm).
+        tied_lookahead: How the virtual step treats an output projection tied to an input
+            embedding (``model.get_output_embeddings()``). ``"all"`` (default): the one shared
+            tensor moves wherever it is used, as the real optimizer step moves it. ``"input_only"``:
+            what the authors' fairseq code does (its look-ahead replaces the embedding module's
+            weight, while the output projection keeps a reference to the unmoved one), so the
+            output projection reads ``theta(alpha)`` in the look-ahead loss; the scale gradient
+            sums both paths. An ablation, to compare with the reference.
         seed: Seed of torch's generators during the run; the caller's RNG state is
             restored afterwards.
         show_progress: Show a tqdm progress bar.
@@ -148,6 +157,7 @@ class GradInitConfig:
     fd_eps: float | None = None
     compile: bool = False
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    tied_lookahead: TiedLookahead = "all"
     seed: int = 0
     show_progress: bool = True
 
@@ -221,6 +231,10 @@ class GradInitConfig:
             )
         if self.hvp not in HVP_MODES:
             raise ValueError(f"GradInitConfig.hvp must be one of {list(HVP_MODES)}, got {self.hvp!r}.")
+        if self.tied_lookahead not in TIED_LOOKAHEADS:
+            raise ValueError(
+                f"GradInitConfig.tied_lookahead must be one of {list(TIED_LOOKAHEADS)}, got {self.tied_lookahead!r}."
+            )
         if self.fd_scheme not in FD_SCHEMES:
             raise ValueError(f"GradInitConfig.fd_scheme must be one of {list(FD_SCHEMES)}, got {self.fd_scheme!r}.")
         for name in ("eta", "gamma", "lr", "norm_lr", "eps", "fd_eps"):

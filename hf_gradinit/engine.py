@@ -218,6 +218,7 @@ class _Run:
             high=torch.tensor([inf if high[k] is None else high[k] for k in kinds]),
             separate_second_moment=cfg.separate_second_moment,
         )
+        self.held = self._tied_output() if cfg.tied_lookahead == "input_only" else None
         self.theta0_scaled = [prepared.theta0[i] for i in self.scaled_idx]
         # The parameters' working copies: the steps write theta' and theta + eps v into them,
         # and every iteration ends by resetting them to alpha * theta0.
@@ -230,6 +231,22 @@ class _Run:
             cfg.gamma, self.p, cfg.iters, cfg.lr, cfg.hvp,
             f" ({cfg.fd_scheme})" if cfg.hvp == "finite_difference" else "", ", compiled" if cfg.compile else "",
         )  # fmt: skip
+
+    def _tied_output(self) -> tuple[nn.Module, int]:
+        """The output projection and the index of the input embedding it is tied to."""
+        get = getattr(self.model, "get_output_embeddings", None)
+        out = get() if callable(get) else None
+        weight = getattr(out, "weight", None) if out is not None else None
+        embedded = any(isinstance(m, nn.Embedding) and m.weight is weight for m in self.model.modules())
+        index = next((i for i, info in enumerate(self.infos) if info.param is weight), None)
+        if weight is None or not embedded or index is None:
+            raise GradInitError(
+                f"tied_lookahead='input_only' needs an output projection tied to an input embedding, and"
+                f" {type(self.model).__name__}'s get_output_embeddings() "
+                + ("is missing or returns None." if weight is None else "is not tied to a trainable nn.Embedding.")
+                + " Use tied_lookahead='all' (the default)."
+            )
+        return out, index
 
     def iteration(self, step: int, batch: Batch) -> dict:
         cfg, ev = self.config, self.evaluator
@@ -250,7 +267,7 @@ class _Run:
         else:
             record["kind"] = "objective"
             lookahead, scale_grad = objective_scale_gradient(
-                ev, s_tilde, grads, gnorm_value, self.theta0_scaled, self.scaled_idx, cfg
+                ev, s_tilde, grads, gnorm_value, self.theta0_scaled, self.scaled_idx, cfg, held=self.held
             )
             lookahead = float(self.comm.mean(lookahead))
             record["lookahead_loss"] = lookahead

@@ -73,6 +73,9 @@ class LossEvaluator:
         self._module = _LossModule(model, loss_fn)
         self._compiled = torch.compile(self._module) if compile else None
         self._keys = [f"model.{n}" for n in self.names]
+        # A tensor read in place of one module's shared parameter (see holding()), and its gradient.
+        self._held: tuple[torch.Tensor, ...] = ()
+        self.held_grads: Tensors = []
 
     def loss(self, batch: Batch, at: Tensors | None = None) -> torch.Tensor:
         if at is None:
@@ -83,15 +86,33 @@ class LossEvaluator:
 
     def grad(self, batch: Batch, at: Tensors | None = None, create_graph: bool = False) -> tuple[torch.Tensor, Tensors]:
         """``(L, dL/dtheta)`` on ``batch``, at the model's parameters or at ``at``."""
-        if at is None and not create_graph and self._compiled is not None:
+        if at is None and not create_graph and self._compiled is not None and not self._held:
             leaves, loss = self.params, self._compiled(batch)
         else:
             leaves = self.params if at is None else [t.detach().requires_grad_(True) for t in at]
             loss = self.loss(batch, leaves)
-        grads = torch.autograd.grad(loss, leaves, create_graph=create_graph, materialize_grads=True)
+        grads = torch.autograd.grad(loss, [*leaves, *self._held], create_graph=create_graph, materialize_grads=True)
+        self.held_grads = list(grads[len(leaves) :])
+        grads = grads[: len(leaves)]
         if create_graph:
             return loss, list(grads)
         return loss.detach(), _writable(grads)
+
+    @contextlib.contextmanager
+    def holding(self, module: nn.Module, name: str, value: torch.Tensor):
+        """Inside, ``module.<name>`` reads ``value`` (a leaf of its own) instead of the tensor it
+        shares with other modules; :meth:`grad` also returns its gradient in ``held_grads``.
+        The shared parameter is put back on leaving, whatever happens."""
+        original = module._parameters[name]
+        leaf = nn.Parameter(value.detach(), requires_grad=True)
+        module._parameters[name] = leaf
+        self._held = (leaf,)
+        try:
+            yield leaf
+        finally:
+            module._parameters[name] = original
+            self._held = ()
+            self.held_grads = []
 
 
 def _writable(grads: Sequence[torch.Tensor]) -> Tensors:
@@ -284,8 +305,13 @@ def objective_scale_gradient(
     theta0: Tensors,
     scaled_idx: Sequence[int],
     config: GradInitConfig,
+    held: tuple[nn.Module, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Objective step: ``(L(S~; theta'), d/dalpha [L(S~; theta') / eta])`` with ``A[g]`` constant.
+
+    ``held = (module, i)`` is ``tied_lookahead="input_only"``: the look-ahead moves parameter
+    ``i`` everywhere but in ``module`` (the output projection tied to it), which keeps reading
+    ``theta(alpha)``; the scale gradient then sums both paths, ``c dL/dtheta'_i + dL/dtheta_out``.
 
     ``grads`` is ``g = grad L(S; theta)`` at the model's parameters; the list is emptied once
     used, so its memory is freed before the second gradient is taken. ``gnorm`` (``||g||_p``)
@@ -294,9 +320,18 @@ def objective_scale_gradient(
     look-ahead loss comes back as a 0-dim tensor on the model's device (no synchronisation
     here). Leaves the parameters at ``theta'``; the caller restores them.
     """
+    before = evaluator.params[held[1]].detach().clone() if held is not None else None
     decay = virtual_step_(evaluator.params, grads, gnorm, config)
     grads.clear()
-    lookahead, d_theta = evaluator.grad(batch_tilde)
+    if held is None:
+        lookahead, d_theta = evaluator.grad(batch_tilde)
+    else:
+        module, i = held
+        with evaluator.holding(module, "weight", before):
+            lookahead, d_theta = evaluator.grad(batch_tilde)
+            # d theta'/d theta = c on the moved path, 1 on the held one; the common factor c is
+            # applied below.
+            d_theta[i] = d_theta[i] + evaluator.held_grads[0] / decay
     scale_grad = scale_gradients([d_theta[i] for i in scaled_idx], theta0)
     return lookahead, scale_grad * (decay / float(config.eta))
 

@@ -228,3 +228,69 @@ def test_constraint_steps_bring_gradient_norm_under_gamma(quiet):
     assert result.history[0]["kind"] == "constraint" and result.history[0]["grad_norm"] == pytest.approx(g0)
     assert result.num_objective_steps > 0
     assert abs((float(model.weight.detach()) * X - Y) * X) <= 0.5 + 0.02
+
+
+def test_input_only_tied_lookahead_matches_finite_differences_of_the_authors_objective():
+    """tied_lookahead='input_only': the embedding moves, the tied output projection reads theta(alpha)."""
+    torch.manual_seed(0)
+    model = tiny_marian(seed=0, layers=1, d_model=16, vocab=24, dropout=0.0).double().eval()
+    infos = trainable_parameters(model)
+    names, params = [i.name for i in infos], [i.param for i in infos]
+    tied = next(j for j, p in enumerate(params) if p is model.lm_head.weight)
+    aliases = [n for n, p in model.named_parameters(remove_duplicate=False) if p is params[tied]]
+    assert "lm_head.weight" in aliases and len(aliases) > 1
+    theta0 = [p.detach().clone() for p in params]
+    alpha0 = torch.linspace(0.8, 1.2, len(params), dtype=torch.float64)
+    with torch.no_grad():
+        for p, t, a in zip(params, theta0, alpha0, strict=True):
+            p.copy_(a * t)
+    batch = {k: v[:6] for k, v in reversal_batches(1, vocab=24)[0].items()}
+    s, s_tilde = split_batch(batch, 0.5)
+    config = GradInitConfig(target="adam", eta=ETA).resolve()
+    step = [torch.sign(x) for x in torch.autograd.grad(model(**s).loss, params)]
+
+    def objective(alpha):
+        moved = [a * t - ETA * st for a, t, st in zip(alpha, theta0, step, strict=True)]
+        values = dict(zip(names, moved, strict=True))
+        values.update({n: moved[tied] for n in aliases})
+        values["lm_head.weight"] = alpha[tied] * theta0[tied]  # the output projection does not move
+        return functional_call(model, values, (), s_tilde, tie_weights=False, strict=False).loss / ETA
+
+    expected = _central_difference(objective, alpha0)
+    ev = LossEvaluator(model, names, params, None)
+    _, grads = ev.grad(s)
+    gnorm = grad_norm(grads, 1)
+    lookahead, got = objective_scale_gradient(
+        ev, s_tilde, grads, gnorm, theta0, range(len(params)), config, held=(model.lm_head, tied)
+    )
+    assert model.lm_head.weight is params[tied]  # the tie is back after the evaluation
+    assert lookahead == pytest.approx(float(objective(alpha0)) * ETA, rel=1e-10)
+    # The objective is ~60 here, so central differences carry ~1e-8 of round-off.
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=3e-8)
+    assert float(got[tied]) == pytest.approx(float(expected[tied]), rel=1e-6)
+    # Against the default (the tensor moves everywhere), only the tied scale's gradient differs.
+    with torch.no_grad():
+        for p, t, a in zip(params, theta0, alpha0, strict=True):
+            p.copy_(a * t)
+    _, grads = ev.grad(s)
+    _, got_all = objective_scale_gradient(ev, s_tilde, grads, gnorm, theta0, range(len(params)), config)
+    assert abs(float(got_all[tied] - got[tied])) > 1e-3 * abs(float(got[tied]))
+
+
+def test_input_only_tied_lookahead_end_to_end_and_refused_without_a_tie(quiet):
+    model = tiny_marian(seed=0)
+    batches = reversal_batches(3)
+    config = GradInitConfig(target="adam", eta=1e-3, iters=4, gamma=1e9, tied_lookahead="input_only", lr=0.05)
+    result = gradinit(model, batches, config)
+    assert model.lm_head.weight is model.model.shared.weight
+    default = gradinit(tiny_marian(seed=0), batches, GradInitConfig(target="adam", eta=1e-3, iters=4, gamma=1e9,
+                                                                     lr=0.05))  # fmt: skip
+    assert result.scales["model.shared.weight"] != default.scales["model.shared.weight"]
+    untied = smooth_mlp(0)
+    before = [p.detach().clone() for p in untied.parameters()]
+    with pytest.raises(Exception, match="tied_lookahead='input_only' needs an output projection"):
+        gradinit(untied, mlp_batches(2), GradInitConfig(target="adam", eta=1e-3, iters=2, tied_lookahead="input_only"),
+                 loss_fn=xent)  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(before, untied.parameters(), strict=True))
+    with pytest.raises(ValueError, match="tied_lookahead must be one of"):
+        GradInitConfig(tied_lookahead="output")  # type: ignore[arg-type]
