@@ -36,6 +36,20 @@ def _rebuild(mapping: Mapping, items: dict) -> Mapping:
         return items
 
 
+def promote_half(batch: Batch) -> Batch:
+    """The batch with fp16/bf16 tensors in fp32: the model runs in fp32 during the pass
+    (see :class:`~hf_gradinit.model_state.PreparedModel`), so half-precision inputs must follow."""
+    if isinstance(batch, torch.Tensor):
+        return batch.float() if batch.dtype in (torch.float16, torch.bfloat16) else batch
+    if isinstance(batch, Mapping):
+        return _rebuild(batch, {k: promote_half(v) for k, v in batch.items()})
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(promote_half(v) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(promote_half(v) for v in batch)
+    return batch
+
+
 def _tensors(batch: Batch) -> Iterator[torch.Tensor]:
     if isinstance(batch, torch.Tensor):
         yield batch

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import GradInitConfig
-from .data import Batch, BatchStream, LossFn, split_batch, to_device
+from .data import Batch, BatchStream, LossFn, promote_half, split_batch, to_device
 from .distributed import Collective
 from .errors import GradInitError
 from .model_state import PreparedModel, model_device, seeded_rng
@@ -251,7 +251,8 @@ class _Run:
     def iteration(self, step: int, batch: Batch) -> dict:
         cfg, ev = self.config, self.evaluator
         started = time.perf_counter()
-        s, s_tilde = split_batch(to_device(batch, self.device), cfg.overlap)
+        # The model runs in fp32 during GradInit (PreparedModel), so half-precision inputs follow.
+        s, s_tilde = split_batch(promote_half(to_device(batch, self.device)), cfg.overlap)
         loss, grads = ev.grad(s)
         # As a DDP step would: one gradient for the union of all processes' shards, so every
         # process forms the same virtual step and sees the same norm.

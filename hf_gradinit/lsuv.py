@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import Batch, BatchStream, LossFn, _rebuild, to_device
+from .data import Batch, BatchStream, LossFn, promote_half, to_device
 from .distributed import Collective
 from .errors import GradInitError
 from .initializers import register_initializer
@@ -292,20 +292,6 @@ class LSUVResult:
             config=data["config"],
             timings=data["timings"],
         )
-
-
-def promote_half(batch: Batch) -> Batch:
-    """The batch with fp16/bf16 tensors in fp32: the model runs in fp32 during the pass
-    (see :class:`~hf_gradinit.model_state.PreparedModel`), so half-precision inputs must follow."""
-    if isinstance(batch, torch.Tensor):
-        return batch.float() if batch.dtype in (torch.float16, torch.bfloat16) else batch
-    if isinstance(batch, Mapping):
-        return _rebuild(batch, {k: promote_half(v) for k, v in batch.items()})
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(promote_half(v) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(promote_half(v) for v in batch)
-    return batch
 
 
 def _weights_path(path: Path) -> Path:

@@ -55,11 +55,10 @@ from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
 from .config import HVP_MODES, HvpMode
-from .data import Batch, BatchStream, LossFn, _rebuild, to_device
+from .data import Batch, BatchStream, LossFn, _rebuild, promote_half, to_device
 from .distributed import Collective
 from .errors import GradInitError
 from .initializers import register_initializer
-from .lsuv import promote_half
 from .model_state import PreparedModel, model_device, seeded_rng
 from .objective import LossEvaluator, _math_sdpa, fd_step_size
 from .scales import ParamInfo, apply_scales, compute_dtype, excluded, scaled, trainable_parameters

@@ -233,6 +233,22 @@ def test_bf16_model_runs_in_fp32_and_comes_back_bf16(quiet):
         assert torch.equal(p, q), n
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_fed_half_precision_inputs(dtype, quiet):
+    """A bf16/fp16 model trained on bf16/fp16 inputs: GradInit runs in fp32, so must its inputs
+    (it failed with "mat1 and mat2 must have the same dtype" while LSUV and MetaInit worked)."""
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3)).to(dtype)
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(12, 6, generator=g).to(dtype), torch.randint(0, 3, (12,), generator=g)) for _ in range(3)]
+
+    def loss_fn(m, batch):
+        return nn.functional.cross_entropy(m(batch[0]).float(), batch[1])
+
+    result = gradinit(model, batches, quiet(target="sgd", eta=0.1, iters=3), loss_fn=loss_fn)
+    assert all(p.dtype == dtype for p in model.parameters()) and len(result.history) == 3
+    assert batches[0][0].dtype == dtype  # the caller's batch is not changed
+
+
 @pytest.mark.parametrize("build", ["marian", "mlp"])
 def test_callers_rng_state_restored(build, quiet):
     if build == "marian":
