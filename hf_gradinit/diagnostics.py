@@ -255,19 +255,20 @@ def plot_first_step(reports: list[FirstStepReport] | FirstStepReport, path: str 
     layered = [by_layer(r) for r in reports]
     parts = sorted({p for lay in layered for p in lay}, key=["encoder", "decoder", "model"].index) or ["model"]
     kinds = sorted({k for lay in layered for part in lay.values() for k in part if k.endswith("weight")})
-    colors = {k: f"C{i % 10}" for i, k in enumerate(kinds)}
+    cmap = plt.get_cmap("tab20")
+    colors = {k: cmap(i % 20) for i, k in enumerate(kinds)}
     styles = ["-", "--", ":", "-."]
-    fig, axes = plt.subplots(2, len(parts), figsize=(6.5 * len(parts), 7.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(parts), figsize=(7 * len(parts), 8), squeeze=False)
     for col, part in enumerate(parts):
-        for i, (report, lay) in enumerate(zip(reports, layered, strict=True)):
+        for i, lay in enumerate(layered):
             for kind in kinds:
                 points = lay.get(part, {}).get(kind)
                 if not points:
                     continue
                 layers, rel, gn = zip(*points, strict=True)
-                label = f"{kind} ({report.label})" if len(reports) > 1 and report.label else kind
                 kw = {"color": colors[kind], "ls": styles[i % len(styles)], "marker": "o", "ms": 3}
-                axes[0][col].plot(layers, rel, label=label if col == 0 else None, **kw)
+                # One legend entry per weight kind (colour); the line style is the report.
+                axes[0][col].plot(layers, rel, label=kind.removesuffix(".weight") if i == 0 else None, **kw)
                 axes[1][col].plot(layers, gn, **kw)
         axes[0][col].set_title(f"{part}: first {reports[0].target} step at lr {reports[0].lr:g}")
         axes[0][col].set_ylabel("|Δθ| / |θ|")
@@ -276,9 +277,11 @@ def plot_first_step(reports: list[FirstStepReport] | FirstStepReport, path: str 
             ax.set_yscale("log")
             ax.set_xlabel("layer")
             ax.grid(alpha=0.3, which="both")
-    if len(reports) > 1:
-        fig.suptitle("  vs  ".join(f"{styles[i % len(styles)]} {r.label}" for i, r in enumerate(reports)))
-    axes[0][0].legend(fontsize=6, ncol=2)
+        axes[0][col].legend(fontsize=6, ncol=2, loc="best")
+    names = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dot"}
+    fig.suptitle(
+        ", ".join(f"{names[styles[i % len(styles)]]}: {r.label or f'report {i + 1}'}" for i, r in enumerate(reports))
+    )
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
