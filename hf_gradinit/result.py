@@ -15,6 +15,63 @@ from torch import nn
 from .scales import apply_scales
 
 FORMAT_VERSION = 1
+_KINDS = ("weight", "bias", "norm")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_fields(data: dict[str, Any], where: str) -> None:
+    """Refuse, with the reason, a result file that a GradInit run cannot have written."""
+    known = {f for f in GradInitResult.__dataclass_fields__}
+    unknown, missing = sorted(set(data) - known), sorted({"scales", "init_norms", "kinds"} - set(data))
+    if unknown or missing:
+        raise ValueError(
+            f"{where!r} is not a GradInit result: "
+            + (f"unknown fields {unknown}" if unknown else "")
+            + ("; " if unknown and missing else "")
+            + (f"missing fields {missing}" if missing else "")
+            + f" (a result has {sorted(known)})."
+        )
+    for name in ("scales", "init_norms", "kinds", "skipped", "config", "timings"):
+        value = data.get(name, {})
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(
+                f"{where!r} is not a GradInit result: {name!r} must map parameter names to values, got a"
+                f" {type(value).__name__}."
+            )
+    scales, norms, kinds = data["scales"], data["init_norms"], data["kinds"]
+    bad = {n: v for n, v in scales.items() if not _number(v) or v < 0}
+    if bad:
+        raise ValueError(
+            f"{where!r}: scales must be finite numbers >= 0, got {dict(list(bad.items())[:3])}. A negative"
+            " scale would flip a tensor; the file is damaged or was not written by GradInit."
+        )
+    if set(norms) != set(scales) or set(kinds) != set(scales):
+        raise ValueError(f"{where!r}: 'scales', 'init_norms' and 'kinds' must name the same tensors.")
+    odd = {n: k for n, k in kinds.items() if k not in _KINDS}
+    if odd:
+        raise ValueError(f"{where!r}: kinds must be one of {list(_KINDS)}, got {dict(list(odd.items())[:3])}.")
+    if not isinstance(data.get("history", []), list):
+        raise ValueError(f"{where!r} is not a GradInit result: 'history' must be a list of records.")
+    config = data.get("config") or {}
+    tolerance = 1e-9
+    for n, a in scales.items():
+        prefix = {"weight": "", "bias": "bias_", "norm": "norm_"}[kinds[n]]
+        low, high = config.get(f"{prefix}min_scale"), config.get(f"{prefix}max_scale")
+        if kinds[n] != "bias" and a == 0:
+            raise ValueError(f"{where!r}: the {kinds[n]} {n!r} has scale 0, which would zero it out.")
+        if _number(low) and a < low * (1 - tolerance):
+            raise ValueError(
+                f"{where!r}: {n!r} has scale {a!r}, below the run's {prefix}min_scale={low!r}; the file was"
+                " edited or damaged."
+            )
+        if _number(high) and a > high * (1 + tolerance):
+            raise ValueError(
+                f"{where!r}: {n!r} has scale {a!r}, above the run's {prefix}max_scale={high!r}; the file was"
+                " edited or damaged."
+            )
 
 
 @dataclass
@@ -131,14 +188,28 @@ class GradInitResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> GradInitResult:
-        """Read a result written by :meth:`save`."""
+        """Read a result written by :meth:`save`, checking it before anything can use it.
+
+        Raises ``ValueError`` naming the problem for a file that is not a GradInit result
+        (unreadable, not JSON, a list or a number, missing or unknown fields, scales that are
+        not a name-to-number mapping) and for scales a GradInit run cannot have produced:
+        non-finite, negative, or outside the bounds of the run's own config (a weight scale
+        below ``min_scale`` would shrink or zero a tensor; a negative one flips it).
+        """
+        where = str(path)
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"Cannot read a GradInit result from {str(path)!r}: {err}") from err
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"Cannot read a GradInit result from {where!r}: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{where!r} is not a GradInit result: it holds a JSON {type(data).__name__}, not an object"
+                " with 'scales', 'init_norms' and 'kinds' (GradInitResult.save writes one)."
+            )
         version = data.pop("format_version", None)
         if version != FORMAT_VERSION or "scales" not in data:
             raise ValueError(
-                f"{str(path)!r} is not a GradInit result of format {FORMAT_VERSION} (found version {version!r})."
+                f"{where!r} is not a GradInit result of format {FORMAT_VERSION} (found version {version!r})."
             )
+        _check_fields(data, where)
         return cls(**data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import assert_same_state, mlp_batches, reversal_batches, smooth_mlp, snapshot, tiny_marian, xent
@@ -171,3 +173,47 @@ def test_config_round_trip_and_resolution():
     assert GradInitConfig.from_dict(cfg.to_dict()).fd_scheme == "forward"
     with pytest.raises(ValueError, match="fd_scheme must be one of"):
         GradInitConfig(fd_scheme="backward")
+
+
+def _saved_result(tmp_path):
+    model = smooth_mlp()
+    result = gradinit(model, mlp_batches(2), _cfg(target="sgd", eta=0.1, iters=2), loss_fn=xent)
+    path = result.save(tmp_path / "scales.json")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("[1, 2]", "holds a JSON list"),
+        ("3", "holds a JSON int"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "Cannot read"),
+        ('{"format_version": 1, "scales": {}}', "missing fields"),
+    ],
+)
+def test_result_load_says_what_is_wrong_with_a_file_that_is_not_a_result(tmp_path, content, match):
+    path = tmp_path / "x.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=match):
+        GradInitResult.load(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda d: d.update(extra=1), "unknown fields"),
+        (lambda d: d.update(scales=[1.0, 2.0]), "'scales' must map parameter names"),
+        (lambda d: d["scales"].update({"0.weight": -0.5}), "finite numbers >= 0"),
+        (lambda d: d["scales"].update({"0.weight": 0.0}), "scale 0, which would zero it out"),
+        (lambda d: d["scales"].update({"0.weight": 0.001}), "below the run's min_scale"),
+        (lambda d: d["scales"].update({"0.weight": "1"}), "finite numbers >= 0"),
+        (lambda d: d.pop("kinds"), "missing fields"),
+    ],
+)
+def test_result_load_refuses_scales_a_run_cannot_have_produced(tmp_path, change, match):
+    data = _saved_result(tmp_path)
+    assert GradInitResult.load(tmp_path / "scales.json").scales  # the untouched file loads
+    change(data)
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=match):
+        GradInitResult.load(tmp_path / "bad.json")
