@@ -419,6 +419,13 @@ class _ModelInit:
         model = self.build(trial) if self._build_takes_trial else self.build()
         if self.spec.name == "default":
             return model
+        resume = getattr(self.training_args, "resume_from_checkpoint", None)
+        if resume:
+            # The Trainer loads the checkpoint over whatever model_init returns, and the
+            # checkpoint already holds the initialised weights: computing them again is waste.
+            logger.info("resume_from_checkpoint=%s: %s skipped (the checkpoint holds the initialised weights).",
+                        resume, self.spec.name)  # fmt: skip
+            return model
         config = self._config(trial)
         key = json.dumps({"init": self.spec.name, "config": _jsonable(config)}, sort_keys=True)
         if key not in self.results and self.result_file is not None:
@@ -479,7 +486,11 @@ def make_model_init(
     once per trial of ``hyperparameter_search``, always after seeding, and hands it no data.
     So the data comes from here, and the initialiser runs once per setting: later calls
     build a fresh model (the same seed gives the same weights) and re-apply the learned
-    scales, which reproduces the initialised weights bit for bit. A trial that changes
+    scales, which reproduces the initialised weights bit for bit. When
+    ``training_args.resume_from_checkpoint`` is set (as the 🤗 example scripts do before
+    ``trainer.train(resume_from_checkpoint=...)``), the initialiser is skipped: the checkpoint
+    the Trainer loads already holds the initialised weights. A script that passes the
+    checkpoint to ``train()`` only should set that field too. A trial that changes
     ``learning_rate`` or ``optim`` gets a GradInit of its own, for its own optimizer.
 
     Args:

@@ -299,6 +299,19 @@ def test_model_init_computes_once_and_reapplies(tmp_path):
     assert model_init.computed == 2  # the run's own settings, computed first
 
 
+def test_model_init_skips_the_initialiser_when_resuming_from_a_checkpoint(tmp_path):
+    first = training_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    model_init = make_model_init(lambda: tiny_marian(seed=5), reversal_batches(4, seed=5), quick(), training_args=first)
+    Seq2SeqTrainer(model_init=model_init, args=first, train_dataset=reversal_dataset()).train()
+    assert model_init.computed == 1
+    checkpoint = str(tmp_path / "out" / "checkpoint-2")
+    resumed = training_args(tmp_path, max_steps=3, resume_from_checkpoint=checkpoint)
+    again = make_model_init(lambda: tiny_marian(seed=5), reversal_batches(4, seed=5), quick(), training_args=resumed)
+    trainer = Seq2SeqTrainer(model_init=again, args=resumed, train_dataset=reversal_dataset())
+    trainer.train(resume_from_checkpoint=resumed.resume_from_checkpoint)
+    assert again.computed == 0 and trainer.state.global_step == 3  # not computed only to be overwritten
+
+
 def test_model_init_needs_data_and_learning_rate():
     with pytest.raises(GradInitError, match="needs data"):
         make_model_init(lambda: tiny_marian(), None)
