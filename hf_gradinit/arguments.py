@@ -150,6 +150,10 @@ class InitArguments:
     init_scales_file: str | None = field(
         default=None, metadata={"help": "Re-apply an initialisation saved earlier (JSON) instead of learning one."}
     )
+    init_scales_partial: bool = field(
+        default=False,
+        metadata={"help": "Apply an --init_scales_file that covers only part of the model (the rest unscaled)."},
+    )
     save_init_scales: bool = field(
         default=False, metadata={"help": f"Save the learned initialisation to <output_dir>/{SCALES_FILE_NAME}."}
     )
@@ -247,6 +251,7 @@ def trainer_init_kwargs(
                     max_tokens=init_args.gradinit_max_tokens,
                     save_path=init_args.save_path(training_args),
                     result_file=init_args.init_scales_file,
+                    allow_partial=init_args.init_scales_partial,
                 )
             )
         return {"model": model, "callbacks": callbacks}

@@ -50,7 +50,8 @@ class InitializerSpec:
         needs_data: Whether it reads batches (data-driven) or only the model.
         config_class: The dataclass of its settings, if any (``GradInitConfig`` for GradInit).
         load_result: Reads a saved result (``GradInitResult.load`` for GradInit).
-        reapply: Re-applies a result to a freshly built model, so work is not done twice.
+        reapply: Re-applies a result to a freshly built model, so work is not done twice;
+            ``reapply(model, result, **options)`` (``allow_partial=True`` for GradInit).
         description: One line for ``--help``.
     """
 
@@ -130,7 +131,7 @@ register_initializer(
     "gradinit",
     config_class=GradInitConfig,
     load_result=GradInitResult.load,
-    reapply=lambda model, result: result.apply(model),
+    reapply=lambda model, result, **options: result.apply(model, **options),
     description="GradInit (Zhu et al., 2021): learned per-tensor scales for one step of your optimizer",
 )(gradinit)
 

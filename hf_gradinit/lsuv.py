@@ -737,7 +737,7 @@ def _load(path: str) -> LSUVResult:
     return LSUVResult.load(path)
 
 
-def _reapply(model: nn.Module, result: LSUVResult) -> nn.Module:
+def _reapply(model: nn.Module, result: LSUVResult, **options: Any) -> nn.Module:
     return result.apply(model)
 
 

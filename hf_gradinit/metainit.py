@@ -668,7 +668,7 @@ def _hint(err: Exception, step: int, config: MetaInitConfig) -> str:
     return ""
 
 
-def _reapply(model: nn.Module, result: MetaInitResult) -> nn.Module:
+def _reapply(model: nn.Module, result: MetaInitResult, **options: Any) -> nn.Module:
     return result.apply(model)
 
 

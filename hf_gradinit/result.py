@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .scales import apply_scales
@@ -113,8 +114,47 @@ class GradInitResult:
     def num_objective_steps(self) -> int:
         return sum(1 for h in self.history if h["kind"] == "objective")
 
-    def apply(self, model: nn.Module) -> nn.Module:
-        """Re-apply these scales to a freshly built model (see :func:`apply_scales`)."""
+    def apply(self, model: nn.Module, *, allow_partial: bool = False) -> nn.Module:
+        """Re-apply these scales to a freshly built model (see :func:`apply_scales`).
+
+        Checked before anything is written: every tensor of ``model`` that this run would have
+        rescaled (trainable, non-zero, not excluded by the run's config) must have a scale, and
+        the scaled tensors' norms must match the ones recorded (within 10%: a model built
+        another way or with another architecture fails; a different seed of the same
+        initialisation passes with a warning). ``allow_partial=True`` applies a file that
+        covers only part of the model (the rest is left as it is).
+        """
+        from .scales import excluded, trainable_parameters
+
+        exclude = tuple(self.config.get("exclude") or ())
+        candidates = [
+            i.name
+            for i in trainable_parameters(model)
+            if i.name not in self.skipped and not excluded(i.name, exclude) and bool(i.param.detach().any())
+        ]
+        uncovered = [n for n in candidates if n not in self.scales]
+        if uncovered and not allow_partial:
+            raise ValueError(
+                f"These scales cover {len(candidates) - len(uncovered)} of the {len(candidates)} tensors GradInit"
+                f" would rescale in {type(model).__name__}; {len(uncovered)} have no scale (first:"
+                f" {', '.join(uncovered[:3])}). Were they learned on another architecture or configuration?"
+                " Build the model as the run did, or pass allow_partial=True (--init_scales_partial true)"
+                " to apply them to the tensors they name only."
+            )
+        by_name = dict(model.named_parameters(remove_duplicate=False))
+        far = []
+        for n, norm0 in self.init_norms.items():
+            p = by_name.get(n)
+            if p is not None and norm0 > 0:
+                norm = float(torch.linalg.vector_norm(p.detach(), dtype=torch.float64))
+                if abs(norm - norm0) > 0.1 * norm0:
+                    far.append(f"{n} ({norm:.4g}, recorded {norm0:.4g})")
+        if far:
+            raise ValueError(
+                f"{len(far)} tensor(s) of {type(model).__name__} have norms far from the ones these scales were"
+                f" learned on (first: {far[0]}): the model was built another way (architecture, size or"
+                " initialisation), so the scales would not mean the same. Build it as the GradInit run did."
+            )
         return apply_scales(model, self.scales, init_norms=self.init_norms)
 
     def group_stats(self) -> dict[str, dict[str, float]]:

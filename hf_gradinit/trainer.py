@@ -247,7 +247,10 @@ class InitializerCallback(TrainerCallback):
             GradInit used 6,000): sentences grouped by length, at most this many tokens per
             device, padding included (see :mod:`hf_gradinit.token_batches`).
         save_path: Write the result there (JSON) from the main process.
-        result_file: Re-apply a result saved earlier instead of computing one.
+        result_file: Re-apply a result saved earlier instead of computing one. A GradInit file
+            must cover every tensor it would rescale, with matching norms, unless
+            ``allow_partial``.
+        allow_partial: Apply a ``result_file`` that covers only part of the model.
 
     It runs once per model: not again when training resumes from a checkpoint (which already
     holds the initialised weights), nor when ``train()`` is called again on the same model.
@@ -263,11 +266,13 @@ class InitializerCallback(TrainerCallback):
         max_tokens: int | None = None,
         save_path: str | os.PathLike | None = None,
         result_file: str | os.PathLike | None = None,
+        allow_partial: bool = False,
     ):
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive number of tokens, got {max_tokens!r}.")
         self.spec: InitializerSpec = get_initializer(name)
         self.max_tokens = max_tokens
+        self.allow_partial = allow_partial
         self.config = config
         self.loss_fn = loss_fn
         self.batch_size = batch_size
@@ -302,7 +307,7 @@ class InitializerCallback(TrainerCallback):
             if self.spec.load_result is None or self.spec.reapply is None:
                 raise GradInitError(f"Initialiser {self.spec.name!r} cannot re-apply a saved result.")
             self.result = self.spec.load_result(str(self.result_file))
-            self.spec.reapply(core, self.result)
+            self.spec.reapply(core, self.result, **({"allow_partial": True} if self.allow_partial else {}))
         else:
             data = None
             if self.spec.needs_data:

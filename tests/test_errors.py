@@ -217,3 +217,26 @@ def test_result_load_refuses_scales_a_run_cannot_have_produced(tmp_path, change,
     (tmp_path / "bad.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match=match):
         GradInitResult.load(tmp_path / "bad.json")
+
+
+def test_scales_learned_on_another_architecture_are_refused_unless_partial(quiet):
+    from conftest import reversal_batches, tiny_marian
+
+    from hf_gradinit.schemes import fairseq_init
+
+    result = gradinit(tiny_marian(seed=0, layers=1), reversal_batches(2), _cfg(iters=2, eta=1e-3))
+    deeper = tiny_marian(seed=0, layers=2)
+    before = snapshot(deeper)
+    with pytest.raises(ValueError, match=r"cover \d+ of the \d+ tensors.*--init_scales_partial"):
+        result.apply(deeper)
+    assert_same_state(deeper, before)
+    fc1 = deeper.model.encoder.layers[0].fc1.weight.detach().clone()
+    with pytest.warns(UserWarning, match="do not have the norm"):  # a 2-layer build draws other weights
+        result.apply(deeper, allow_partial=True)  # the explicit opt-out applies what the file names
+    assert not torch.equal(deeper.model.encoder.layers[0].fc1.weight, fc1)
+    # The same architecture built another way (fairseq's init): the norms do not match.
+    other = tiny_marian(seed=0, layers=1)
+    fairseq_init(other)
+    with pytest.raises(ValueError, match="norms far from the ones these scales were learned on"):
+        result.apply(other)
+    result.apply(tiny_marian(seed=0, layers=1))  # as the run built it: fine

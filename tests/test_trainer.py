@@ -351,11 +351,12 @@ def test_parse_every_initialisers_own_options(tmp_path):
         "--gradinit_bias_min_scale", "0.1", "--gradinit_weight_decay", "1e-4", "--gradinit_fd_scheme", "central",
         "--gradinit_compile", "true", "--gradinit_norm_min_scale", "0.1", "--gradinit_max_tokens", "600",
         "--gradinit_exclude", "decoder.*v_proj", "out_proj", "--gradinit_tied_lookahead", "input_only",
+        "--init_scales_partial", "true",
     )  # fmt: skip
     config = init.initializer_config()
     assert (config.betas, config.bias_min_scale, config.weight_decay) == ((0.8, 0.95), 0.1, 1e-4)
     assert config.norm_min_scale == 0.1 and config.exclude == ("decoder.*v_proj", "out_proj")
-    assert init.gradinit_max_tokens == 600 and config.tied_lookahead == "input_only"
+    assert init.gradinit_max_tokens == 600 and config.tied_lookahead == "input_only" and init.init_scales_partial
     assert config.fd_scheme == "central" and init_default_fd_scheme(tmp_path) == "forward" and config.compile
     _, init = parse(tmp_path, "--model_init", "lsuv", "--lsuv_tol", "0.05", "--lsuv_max_tries", "3")
     config = init.initializer_config()
