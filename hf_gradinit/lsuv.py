@@ -88,7 +88,11 @@ class LSUVConfig:
         exclude: Regular expressions of weight names (``"lm_head.weight"``...) never to
             process; their layers keep their weights.
         seed: Seed of the orthonormal draws and of torch's generators during the run; the
-            caller's RNG state is restored afterwards.
+            caller's RNG state is restored afterwards. ``None`` (the default) derives it from
+            the model's own weights, so models built with different seeds get different
+            orthonormal matrices (a comparison over seeds then varies the initialisation, as it
+            should) while the same model always gets the same ones. Give an int to fix the draws
+            whatever the model holds.
         show_progress: Show a tqdm progress bar over the layers.
 
     Example:
@@ -103,10 +107,13 @@ class LSUVConfig:
     max_tries: int = 10
     layer_types: tuple[type[nn.Module], ...] | None = None
     exclude: tuple[str, ...] = field(default_factory=tuple)
-    seed: int = 0
+    seed: int | None = None
     show_progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**63):  # fmt: skip
+            raise ValueError(f"LSUVConfig.seed must be None or an integer in [0, 2**63), got {self.seed!r}.")
         if isinstance(self.exclude, str):
             self.exclude = (self.exclude,)
         self.exclude = tuple(self.exclude)
@@ -294,6 +301,18 @@ class LSUVResult:
         )
 
 
+def seed_from_weights(model: nn.Module) -> int:
+    """A 63-bit seed from the first values of every parameter: the same model gives the same
+    seed on every process and device, differently initialised models give different ones."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for p in model.parameters():
+            digest.update(p.detach().reshape(-1)[:64].to("cpu", torch.float64).numpy().tobytes())
+    return int.from_bytes(digest.digest()[:8], "little") >> 1
+
+
 def _weights_path(path: Path) -> Path:
     return path.with_suffix(".safetensors") if path.suffix == ".json" else path.with_name(path.name + ".safetensors")
 
@@ -385,6 +404,7 @@ class _LSUVRun:
         self.comm = comm
         self.names = names  # id(param) -> the name named_parameters() gives it
         self.forward_passes = 0
+        self.seed = config.seed if config.seed is not None else 0  # set by lsuv() before the run
         self.written: set[int] = set()
         self.skipped: dict[str, str] = {}
         self.originals: dict[int, torch.Tensor] = {}  # id(param) -> its value before the run
@@ -490,7 +510,7 @@ class _LSUVRun:
 
     @torch.no_grad()
     def pre_initialise(self, plan: list[_Layer]) -> None:
-        generator = torch.Generator().manual_seed(self.config.seed)
+        generator = torch.Generator().manual_seed(self.seed)
         for layer in plan:
             orthonormal_(layer.module.weight.data, generator)
             self.written.add(id(layer.module.weight))
@@ -648,9 +668,10 @@ def lsuv(
     device = model_device(model)
     comm = Collective(distributed)
     run = _LSUVRun(model, config, loss_fn, comm, {id(i.param): i.name for i in infos})
+    run.seed = config.seed if config.seed is not None else seed_from_weights(model)
     stage = "on the first forward pass, before any change"
     records: list[dict[str, Any]] = []
-    with seeded_rng(device, config.seed):
+    with seeded_rng(device, run.seed):
         batch = BatchStream(data).next_batch()
         if not comm.all(batch is not None, device):
             raise GradInitError(
@@ -710,7 +731,7 @@ def lsuv(
         layers=records,
         skipped=run.skipped,
         tensors=tensors,
-        config=config.to_dict(),
+        config={**config.to_dict(), "seed": run.seed},  # the seed used, derived or given
         timings={"total_s": time.perf_counter() - started, "forward_passes": float(run.forward_passes)},
     )
     logger.info("%s", result.summary(max_rows=10))

@@ -533,3 +533,26 @@ def test_two_processes_pool_their_statistics(tmp_path):
         assert b["std_after"] == pytest.approx(a["std_after"], rel=1e-6) and a["tries"] == b["tries"]
     for n, t in single.tensors.items():
         torch.testing.assert_close(r0["tensors"][n], t, rtol=1e-6, atol=1e-7)
+
+
+def test_orthonormal_draws_follow_the_models_own_randomness_unless_seeded():
+    """Models built with different seeds must not end with the same LSUV weights (they did, with
+    cosine 0.9999998, when the draws came from a fixed LSUVConfig.seed)."""
+    batches = reversal_batches(1)
+
+    def first_weight(seed: int, config: LSUVConfig):
+        model = tiny_marian(seed=seed)
+        result = lsuv(model, batches, config)
+        return model.model.encoder.layers[0].self_attn.k_proj.weight.detach().flatten(), result
+
+    a, ra = first_weight(0, quiet())
+    b, _ = first_weight(1, quiet())
+    again, _ = first_weight(0, quiet())
+    cosine = float(torch.nn.functional.cosine_similarity(a, b, dim=0))
+    assert abs(cosine) < 0.5 and torch.equal(a, again)
+    assert isinstance(ra.config["seed"], int)  # the derived seed is recorded
+    fixed_a, _ = first_weight(0, quiet(seed=3))
+    fixed_b, _ = first_weight(1, quiet(seed=3))
+    assert float(torch.nn.functional.cosine_similarity(fixed_a, fixed_b, dim=0)) > 0.99  # an explicit seed fixes them
+    with pytest.raises(ValueError, match="seed must be None or an integer"):
+        LSUVConfig(seed=2**70)
