@@ -106,7 +106,7 @@ def gradinit(
     step = 0
     # The caller's RNG is kept around data loading too: iterating a DataLoader draws sampler
     # seeds from torch's global generator, which would otherwise shift the training order.
-    with seeded_rng(device, config.seed):
+    with comm.failures_shared(), seeded_rng(device, config.seed):
         stream = BatchStream(data)
         batch: Batch | None = stream.next_batch()
         if not comm.all(batch is not None, device):

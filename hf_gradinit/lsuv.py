@@ -671,7 +671,7 @@ def lsuv(
     run.seed = config.seed if config.seed is not None else seed_from_weights(model)
     stage = "on the first forward pass, before any change"
     records: list[dict[str, Any]] = []
-    with seeded_rng(device, run.seed):
+    with comm.failures_shared(), seeded_rng(device, run.seed):
         batch = BatchStream(data).next_batch()
         if not comm.all(batch is not None, device):
             raise GradInitError(

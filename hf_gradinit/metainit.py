@@ -605,7 +605,7 @@ def metainit(
     comm = Collective(distributed)
     run = _MetaInitRun(model, infos, config, loss_fn, comm)
     step = 0
-    with seeded_rng(device, config.seed):
+    with comm.failures_shared(), seeded_rng(device, config.seed):
         stream = BatchStream(data)
         raw = stream.next_batch()
         if not comm.all(raw is not None, device):

@@ -26,13 +26,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(worker: Path, out: Path) -> None:
+FAILURE_WORKER = Path(__file__).parent / "scripts" / "failure_worker.py"
+
+
+def _torchrun(worker: Path, out: Path, *args: str, timeout: float = 600) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(worker), str(out),
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(worker), str(out), *args,
     ]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
@@ -41,6 +44,19 @@ def ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     _torchrun(WORKER, out)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+@pytest.mark.parametrize("mode", ["loss", "data"])
+def test_a_failure_on_one_rank_reaches_the_other_within_seconds(tmp_path, mode):
+    """Rank 1 fails mid-run; rank 0 used to wait in its next all-reduce for the process group's
+    timeout (30 minutes by default). Both must raise the same clear error, models restored."""
+    _torchrun(FAILURE_WORKER, tmp_path, mode, timeout=240)
+    r0, r1 = (torch.load(tmp_path / f"{mode}{r}.pt", weights_only=False) for r in range(2))
+    assert r0["restored"] and r1["restored"]
+    assert "rank 1" in r1["error"] or "on rank 1" in r1["error"]
+    assert r0["error"].startswith("PeerFailure: GradInit failed on rank 1:") and "stopped too" in r0["error"]
+    assert ("a bad batch on rank 1" if mode == "loss" else "the data file went away") in r0["error"]
+    assert r0["raised_at"] - r1["t"] < 5.0  # seconds, not the process group's timeout
 
 
 def test_users_own_process_group_is_averaged_over(tmp_path):
