@@ -18,12 +18,10 @@ for the ``--learning_rate`` and ``--optim`` of the run.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
-from torch import nn
-from transformers import TrainingArguments
+from typing import TYPE_CHECKING, Any
 
 from .config import FD_SCHEMES, HVP_MODES, TARGETS, TIED_LOOKAHEADS, GradInitConfig
 from .data import Batch
@@ -31,7 +29,14 @@ from .errors import GradInitError
 from .initializers import RegisteredNames, get_initializer
 from .lsuv import LSUVConfig
 from .metainit import MetaInitConfig
-from .trainer import InitializerCallback, _ShardedBatches, _sharding, gradinit_batch_size, make_model_init
+from .training_target import config_for_training
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import TrainingArguments
+
+# Config field names in error messages, as the flags that set them.
+_FLAG_PREFIX = {"GradInitConfig": "--gradinit_", "LSUVConfig": "--lsuv_", "MetaInitConfig": "--metainit_"}
 
 SCALES_FILE_NAME = "init_scales.json"
 
@@ -166,6 +171,35 @@ class InitArguments:
         if self.init_scales_file is not None and not os.path.isfile(self.init_scales_file):
             raise ValueError(f"--init_scales_file {self.init_scales_file}: no such file.")
 
+    def validate(self, training_args: TrainingArguments | None = None) -> None:
+        """Check the chosen initialiser's options now, before any data or model work.
+
+        Raises ``ValueError`` naming the flag to change: an out-of-range value
+        (``--gradinit_iters 0``, ``--gradinit_overlap 2``...), an optimizer GradInit cannot
+        model (``--optim adafactor``), or an ``--init_scales_file`` that does not load.
+        """
+        if self.model_init not in RegisteredNames():
+            raise ValueError(f"--model_init {self.model_init}: choose one of {list(RegisteredNames())}.")
+        try:
+            config = self.initializer_config()
+            if isinstance(config, GradInitConfig):
+                config = config_for_training(config, training_args).resolve()
+                if config.weight_decay > 0 and config.eta * config.weight_decay >= 1:
+                    raise ValueError("--gradinit_eta x --gradinit_weight_decay >= 1 would flip every weight.")
+        except (ValueError, TypeError, GradInitError) as err:
+            message = str(err)
+            for cls, prefix in _FLAG_PREFIX.items():
+                message = re.sub(rf"{cls}\.(\w+)", lambda m, p=prefix: p + m.group(1), message)
+            raise ValueError(f"--model_init {self.model_init}: {message}") from err
+        if self.init_scales_file is not None:
+            spec = get_initializer(self.model_init)
+            if spec.load_result is None:
+                raise ValueError(f"--init_scales_file: initialiser {self.model_init!r} cannot re-apply a saved result.")
+            try:
+                spec.load_result(self.init_scales_file)
+            except (ValueError, KeyError, OSError) as err:
+                raise ValueError(f"--init_scales_file {self.init_scales_file}: {err}") from err
+
     def gradinit_config(self) -> GradInitConfig:
         """The ``GradInitConfig`` these options describe (eta and target may stay unset: the
         Trainer integration fills them from ``TrainingArguments``)."""
@@ -231,6 +265,9 @@ def trainer_init_kwargs(
     FSDP) it returns ``{"model_init": ...}``, learning once on ``data`` or on batches of
     ``train_dataset`` + ``data_collator``. ``callbacks`` are your own callbacks, kept.
     """
+    from .trainer import InitializerCallback, _ShardedBatches, _sharding, gradinit_batch_size, make_model_init
+
+    init_args.validate(training_args)
     callbacks = list(callbacks or [])
     config = init_args.initializer_config()
     sharded = _sharding(training_args, None) is not None

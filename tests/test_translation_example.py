@@ -102,6 +102,55 @@ def _fails(tmp_path, capsys, *argv: str) -> str:
     return capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--model_init", "gradinit", "--gradinit_iters", "0"], "--gradinit_iters must be an integer >= 1"),
+        (["--model_init", "gradinit", "--gradinit_eta", "-1"], "--gradinit_eta must be a finite number > 0"),
+        (["--model_init", "gradinit", "--gradinit_overlap", "2"], "--gradinit_overlap must lie in [0, 1]"),
+        (["--model_init", "gradinit", "--optim", "adafactor"], "--optim adafactor takes"),
+        (["--config_name", "nope"], "--config_name nope: not a shipped config"),
+        (["--max_tokens", "0"], "--max_tokens must be a positive number"),
+        (["--model_init", "gradinit", "--gradinit_beta1", "0.9"], "Give both --gradinit_beta1 and --gradinit_beta2"),
+    ],
+)
+def test_bad_options_fail_before_any_data_or_model_work(tmp_path, capsys, monkeypatch, argv, match):
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was loaded before the options were checked")
+
+    monkeypatch.setattr(run_translation, "load_raw_datasets", no_data)
+    with pytest.raises(SystemExit) as info:
+        run_translation.main(["--output_dir", str(tmp_path / "out"), *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("run_translation.py: error: ") and match in err
+
+
+def test_a_damaged_scales_file_fails_before_any_data_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(run_translation, "load_raw_datasets", lambda *a, **k: pytest.fail("data loaded"))
+    (tmp_path / "s.json").write_text('{"format_version": 1, "scales": {"w": -1}}')
+    with pytest.raises(SystemExit):
+        run_translation.main(["--output_dir", str(tmp_path / "o"), "--model_init", "gradinit",
+                              "--init_scales_file", str(tmp_path / "s.json")])  # fmt: skip
+    assert "--init_scales_file" in capsys.readouterr().err
+
+
+def test_help_and_argument_errors_answer_without_the_slow_imports():
+    """--help must not wait for the Trainer, datasets and the model classes to import."""
+    import subprocess
+
+    code = (
+        "import sys; sys.argv = ['run_translation.py', '--help']\n"
+        "sys.path.insert(0, {!r})\n"
+        "try:\n    import run_translation; run_translation.main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('datasets', 'tokenizers', 'transformers.trainer', 'hf_gradinit.trainer',"
+        " 'transformers.models.marian.modeling_marian') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    ).format(str(REPO / "examples" / "translation"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert "--model_init" in out and "HEAVY []" in out, out[-500:]
+
+
 def test_bad_arguments_exit_with_clear_messages(tmp_path, capsys):
     with open(tmp_path / "fr.json", "w") as f:
         f.write(json.dumps({"translation": {"fr": "bonjour", "en": "hello"}}) + "\n")
@@ -216,7 +265,9 @@ def test_token_bounded_training_batches_respect_the_bound(tmp_path):
     from datasets import Dataset
 
     args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", seed=0)
-    trainer = run_translation.TranslationTrainer(
+    from translation_trainer import TranslationTrainer
+
+    trainer = TranslationTrainer(
         max_tokens=64, args=args, train_dataset=Dataset.from_list(rows),
         data_collator=DataCollatorForSeq2Seq(tokenizer), model=torch_model(),
     )  # fmt: skip

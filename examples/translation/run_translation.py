@@ -48,30 +48,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from transformers import (
-    AutoConfig,
-    AutoModelForSeq2SeqLM,
-    AutoTokenizer,
-    DataCollatorForSeq2Seq,
-    HfArgumentParser,
-    MarianMTModel,
-    PreTrainedTokenizerFast,
-    Seq2SeqTrainer,
-    Seq2SeqTrainingArguments,
-    TrainerCallback,
-    set_seed,
-)
+# Only what parsing the command line needs is imported here, so --help and an argument error
+# answer in a second or two; the Trainer, the model classes, datasets and tokenizers are
+# imported when the run starts.
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
-from hf_gradinit import InitArguments, trainer_init_kwargs
-from hf_gradinit.reporting import machine_description
-from hf_gradinit.schemes import fairseq_init, xavier_init
-from hf_gradinit.token_batches import TokenBatchSampler, dataset_lengths, token_batches
-from hf_gradinit.trainer import initializer_timing, target_for_optim
+from hf_gradinit.arguments import InitArguments
 
 logger = logging.getLogger("run_translation")
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # builtin_data, translation_trainer
 SHIPPED_CONFIGS = {p.stem: p for p in sorted((HERE / "configs").glob("*.json"))}
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 
@@ -215,34 +202,6 @@ class RecipeArguments:
     )
 
 
-class TranslationTrainer(Seq2SeqTrainer):
-    """``Seq2SeqTrainer`` with fairseq's token-bounded batches and a schedule horizon of its own."""
-
-    def __init__(self, *args: Any, max_tokens: int | None = None, schedule_steps: int | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.max_tokens = max_tokens
-        self.schedule_steps = schedule_steps
-
-    def get_train_dataloader(self):
-        if self.max_tokens is None:
-            return super().get_train_dataloader()
-        from torch.utils.data import DataLoader
-
-        dataset = self._remove_unused_columns(self.train_dataset, description="Training")
-        sampler = TokenBatchSampler(dataset_lengths(dataset), self.max_tokens, seed=self.args.seed)
-        loader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=self.data_collator,
-            num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
-        )
-        return self.accelerator.prepare(loader)
-
-    def create_scheduler(self, num_training_steps: int, optimizer=None):
-        return super().create_scheduler(self.schedule_steps or num_training_steps, optimizer)
-
-
 @dataclass
 class DataTrainingArguments:
     source_lang: str = field(default="de", metadata={"help": "Source language id."})
@@ -377,10 +336,11 @@ def _as_translation(split, name: str, src: str, tgt: str):
 
 
 # --- tokenizer and model -------------------------------------------------------------------
-def train_bpe_tokenizer(texts, vocab_size: int, max_length: int) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(texts, vocab_size: int, max_length: int):
     """A joint BPE over source and target text, with Metaspace (so decoding restores spaces)
     and ``</s>`` appended to every sequence."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.NFKC()
@@ -398,11 +358,18 @@ def train_bpe_tokenizer(texts, vocab_size: int, max_length: int) -> PreTrainedTo
     )
 
 
-def build_config(model_args: ModelArguments, tokenizer) -> Any:
+def config_path(model_args: ModelArguments) -> Path:
     name = model_args.config_name
     path = SHIPPED_CONFIGS.get(name, Path(name))
     if not path.is_file():
         raise UsageError(f"--config_name {name}: not a shipped config {sorted(SHIPPED_CONFIGS)} nor a config file.")
+    return path
+
+
+def build_config(model_args: ModelArguments, tokenizer) -> Any:
+    from transformers import AutoConfig
+
+    path = config_path(model_args)
     try:
         config = AutoConfig.for_model(**{k: v for k, v in json.loads(path.read_text()).items() if k != "_comment"})
     except (ValueError, KeyError, json.JSONDecodeError) as err:
@@ -418,58 +385,6 @@ def build_config(model_args: ModelArguments, tokenizer) -> Any:
     if hasattr(config, "decoder_vocab_size"):
         config.decoder_vocab_size = len(tokenizer)
     return config
-
-
-# --- the first-step diagnostic -------------------------------------------------------------
-class FirstStepReporter(TrainerCallback):
-    """Writes ``first_step_report`` files: once for the base initialisation (:meth:`base`),
-    once at ``on_train_begin`` after the initialiser callback has run, and a plot of both."""
-
-    def __init__(self, batch, training_args, label_smoothing: float, init_name: str):
-        self.batch = batch
-        self.args = training_args
-        self.init_name = init_name
-        self.reports: list[Any] = []
-        self.loss_fn = None
-        if label_smoothing > 0:
-            from transformers.trainer_pt_utils import LabelSmoother
-
-            smoother = LabelSmoother(epsilon=label_smoothing)
-            self.loss_fn = lambda model, batch: smoother(model(**batch), batch["labels"])
-
-    def _report(self, model, label: str, stem: str) -> None:
-        from hf_gradinit.diagnostics import first_step_report, plot_first_step
-
-        target = target_for_optim(self.args.optim) or "adam"
-        report = first_step_report(model, self.batch, self.args.learning_rate, target,  # type: ignore[arg-type]
-                                   loss_fn=self.loss_fn, weight_decay=self.args.weight_decay, label=label)  # fmt: skip
-        self.reports.append(report)
-        if self.args.process_index != 0:
-            return
-        out = Path(self.args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        report.save(out / f"{stem}.json")
-        (out / f"{stem}.md").write_text(report.table() + "\n")
-        plot_first_step(self.reports, out / "first_step_report.png")
-        logger.info("First-step report (%s): %s", label, report.total())
-
-    def base(self, model) -> None:
-        self._report(model, "base init", "first_step_report")
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if state.global_step == 0 and self.init_name != "default" and model is not None:
-            self._report(model, f"after {self.init_name}", "first_step_report_init")
-
-
-def diagnostic_batch(train_dataset, collator, recipe_args, training_args):
-    """One deterministic training batch: the first token-bounded batch, or the first samples."""
-    if recipe_args.max_tokens is not None:
-        indices = token_batches(dataset_lengths(train_dataset), recipe_args.max_tokens, seed=training_args.seed)[0]
-    else:
-        indices = list(range(min(len(train_dataset), training_args.per_device_train_batch_size)))
-    features = [{k: v for k, v in train_dataset[i].items() if k in ("input_ids", "attention_mask", "labels")}
-                for i in indices]  # fmt: skip
-    return collator(features)
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -499,9 +414,10 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def run(model_args, data_args, training_args, init_args, recipe_args=None) -> dict[str, Any]:
-    started = time.time()
-    recipe_args = recipe_args or RecipeArguments()
+def validate(model_args, data_args, training_args, init_args, recipe_args) -> None:
+    """Every check that needs no data and no model, so a bad option fails in a second."""
+    if model_args.model_name_or_path is None:
+        config_path(model_args)
     if recipe_args.max_tokens is not None and recipe_args.max_tokens < 1:
         raise UsageError(f"--max_tokens must be a positive number of tokens, got {recipe_args.max_tokens}.")
     if recipe_args.schedule_steps is not None and recipe_args.schedule_steps < 1:
@@ -510,6 +426,26 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
         raise UsageError(f"--gradinit_eta_scale must be > 0, got {recipe_args.gradinit_eta_scale}.")
     if init_args.gradinit_eta is None and recipe_args.gradinit_eta_scale != 1.0:
         init_args.gradinit_eta = recipe_args.gradinit_eta_scale * training_args.learning_rate
+    try:
+        init_args.validate(training_args)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def run(model_args, data_args, training_args, init_args, recipe_args=None) -> dict[str, Any]:
+    started = time.time()
+    recipe_args = recipe_args or RecipeArguments()
+    validate(model_args, data_args, training_args, init_args, recipe_args)  # before the slow imports
+
+    import numpy as np
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, MarianMTModel, set_seed
+    from translation_trainer import FirstStepReporter, TranslationTrainer, diagnostic_batch
+
+    from hf_gradinit import trainer_init_kwargs
+    from hf_gradinit.reporting import machine_description
+    from hf_gradinit.schemes import fairseq_init, xavier_init
+    from hf_gradinit.trainer import initializer_timing
+
     set_seed(training_args.seed)
     raw = load_raw_datasets(data_args, training_args.seed)
     src, tgt = data_args.source_lang, data_args.target_lang
@@ -649,7 +585,12 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    model_args, data_args, training_args, init_args, recipe_args = parse_args(argv)
+    try:
+        # The dataclasses check their own fields (ValueError) while parsing.
+        model_args, data_args, training_args, init_args, recipe_args = parse_args(argv)
+    except ValueError as err:
+        print(f"run_translation.py: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
     try:
         return run(model_args, data_args, training_args, init_args, recipe_args)
     except UsageError as err:
