@@ -163,6 +163,11 @@ def test_bad_arguments_exit_with_clear_messages(tmp_path, capsys):
     assert "--train_samples must be positive" in _fails(tmp_path, capsys, "--train_samples", "0")
     assert "--cutout" in _fails(tmp_path, capsys, "--cutout", "-2")
     assert "invalid choice: 'nope'" in _fails(tmp_path, capsys, "--model_init", "nope")
+    # GradInit's options are checked before the data is read (the data_dir does not exist).
+    err = _fails(tmp_path, capsys, "--model_init", "gradinit", "--gradinit_lr", "-1", "--data_dir", "/nonexistent")
+    assert "--gradinit_lr must be a finite number > 0" in err
+    err = _fails(tmp_path, capsys, "--model_init", "gradinit", "--gradinit_beta2", "0.9")
+    assert err.startswith("train_cifar.py: error: Give both --gradinit_beta1")
 
 
 @pytest.mark.skipif(not CIFAR_ARCHIVE.exists(), reason=f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}")

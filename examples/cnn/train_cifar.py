@@ -174,6 +174,10 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
         kind = family(model_args.model)
     except ValueError as err:
         raise UsageError(f"--model {model_args.model}: {err}") from err
+    try:
+        init_args.validate(training_args)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     set_seed(training_args.seed)
     train_ds, test_ds, classes = load_data(data_args)
 
@@ -245,7 +249,11 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)  # the dataclasses check their own fields (ValueError)
+    except ValueError as err:
+        print(f"train_cifar.py: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
     try:
         return run(*args)
     except UsageError as err:
