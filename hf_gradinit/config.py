@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -43,6 +44,12 @@ _ADAM_DEFAULTS: dict[str, Any] = {
     "clip": 0.0,
     "separate_second_moment": True,
 }
+
+
+_NUMBER_FIELDS = (
+    "eta", "gamma", "lr", "norm_lr", "eps", "clip", "min_scale", "max_scale", "bias_min_scale", "bias_max_scale",
+    "norm_min_scale", "norm_max_scale", "weight_decay", "overlap", "fd_eps",
+)  # fmt: skip
 
 
 @dataclass
@@ -166,7 +173,26 @@ class GradInitConfig:
         # where it was made; the rest run in resolve().
         if isinstance(self.exclude, str):
             self.exclude = (self.exclude,)
+        if not isinstance(self.exclude, (list, tuple)) or not all(isinstance(x, str) for x in self.exclude):
+            raise TypeError(
+                f"GradInitConfig.exclude must be a regular expression or a list of them (strings), got"
+                f" {self.exclude!r}."
+            )
         self.exclude = tuple(self.exclude)
+        # numpy and torch integers are integers; floats that are whole numbers are not.
+        if isinstance(self.iters, numbers.Integral) and not isinstance(self.iters, bool):
+            self.iters = int(self.iters)
+        if isinstance(self.seed, numbers.Integral) and not isinstance(self.seed, bool):
+            self.seed = int(self.seed)
+        for name in _NUMBER_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"GradInitConfig.{name} must be a number, got {value!r} ({type(value).__name__}).")
+            setattr(self, name, float(value))
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"GradInitConfig.seed must be an integer in [0, 2**63), got {self.seed!r}.")
         if self.betas is not None:
             self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         self._check()

@@ -90,6 +90,14 @@ def gradinit(
         >>> sorted(result.scales)
         ['0.bias', '0.weight', '2.bias', '2.weight']
     """
+    if config is not None and not isinstance(config, GradInitConfig):
+        hint = " Build it with GradInitConfig(**your_dict)." if isinstance(config, dict) else ""
+        raise GradInitError(f"gradinit's config must be a GradInitConfig, got a {type(config).__name__}.{hint}")
+    if torch.is_inference_mode_enabled():
+        raise GradInitError(
+            "gradinit was called under torch.inference_mode(), where nothing can be differentiated; call it"
+            " outside that context (torch.no_grad() is fine: GradInit turns gradients on for its own passes)."
+        )
     config = (config if config is not None else GradInitConfig()).resolve()
     started = time.perf_counter()
     if not isinstance(model, nn.Module):

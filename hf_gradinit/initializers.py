@@ -78,10 +78,15 @@ def register_initializer(
     overwrite: bool = False,
 ) -> Callable[[Initializer], Initializer]:
     """Decorator that registers an initialiser under ``name`` (see the module docstring)."""
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"An initialiser name must be letters, digits, '_' or '-', got {name!r}.")
+    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(
+            f"register_initializer(name): the name must be a non-empty string of letters, digits, '_' or '-'"
+            f" (it becomes a --model_init choice), got {name!r}."
+        )
 
     def decorate(fn: Initializer) -> Initializer:
+        if not callable(fn):
+            raise TypeError(f"register_initializer({name!r}) decorates a function, got {type(fn).__name__}.")
         if name in _REGISTRY and not overwrite:
             raise ValueError(f"An initialiser named {name!r} is already registered; pass overwrite=True to replace it.")
         _REGISTRY[name] = InitializerSpec(name, fn, needs_data, config_class, load_result, reapply, description)

@@ -31,6 +31,7 @@ from torch.func import functional_call
 
 from .config import FdScheme, GradInitConfig
 from .data import Batch, LossFn, model_loss
+from .errors import GradInitError
 
 Tensors = list[torch.Tensor]
 
@@ -91,6 +92,12 @@ class LossEvaluator:
         else:
             leaves = self.params if at is None else [t.detach().requires_grad_(True) for t in at]
             loss = self.loss(batch, leaves)
+        if not loss.requires_grad:
+            raise GradInitError(
+                "The loss does not depend on the model's parameters (it has no gradient): loss_fn returned a"
+                " detached value (.detach(), .item(), a new tensor) or computed it under torch.no_grad()."
+                " Return the loss tensor itself; the model was restored."
+            )
         grads = torch.autograd.grad(loss, [*leaves, *self._held], create_graph=create_graph, materialize_grads=True)
         self.held_grads = list(grads[len(leaves) :])
         grads = grads[: len(leaves)]

@@ -139,7 +139,16 @@ def apply_scales(
     if hasattr(scales, "scales"):
         init_norms = init_norms if init_norms is not None else getattr(scales, "init_norms", None)
         scales = scales.scales  # type: ignore[union-attr]
+    if not isinstance(scales, Mapping):
+        raise TypeError(f"apply_scales takes {{name: scale}} or a GradInitResult, got {type(scales).__name__}.")
     params = _resolve_names(model, list(scales))
+    meta = [n for n, p in params.items() if p.is_meta]
+    if meta:
+        raise ValueError(
+            f"{len(meta)} tensor(s) to rescale are on the meta device (first: {meta[0]!r}): they hold no values."
+            " Materialise the model first (to_empty(device=...) and its own initialisation, or build it without"
+            " device='meta'), then apply the scales to the weights it was built with."
+        )
     bad = {n: a for n, a in scales.items() if not (isinstance(a, (int, float)) and a == a and abs(a) != float("inf"))}
     if bad:
         raise ValueError(f"Scales must be finite numbers; got {bad}.")

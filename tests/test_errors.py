@@ -240,3 +240,33 @@ def test_scales_learned_on_another_architecture_are_refused_unless_partial(quiet
     with pytest.raises(ValueError, match="norms far from the ones these scales were learned on"):
         result.apply(other)
     result.apply(tiny_marian(seed=0, layers=1))  # as the run built it: fine
+
+
+def test_unclear_inputs_get_messages_that_name_the_argument():
+    import numpy as np
+
+    from hf_gradinit import apply_scales, register_initializer
+
+    assert GradInitConfig(iters=np.int64(3)).iters == 3  # numpy integers are integers
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
+        GradInitConfig(seed=2**70)
+    with pytest.raises(TypeError, match=r"GradInitConfig\.gamma must be a number, got '1'"):
+        GradInitConfig(gamma="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"GradInitConfig\.exclude must be a regular expression or a list"):
+        GradInitConfig(exclude=5)  # type: ignore[arg-type]
+    model = smooth_mlp()
+    before = snapshot(model)
+    with pytest.raises(GradInitError, match=r"must be a GradInitConfig, got a dict\. Build it with GradInitConfig"):
+        gradinit(model, mlp_batches(2), {"iters": 3}, loss_fn=xent)  # type: ignore[arg-type]
+    with torch.inference_mode(), pytest.raises(GradInitError, match="inference_mode"):
+        gradinit(model, mlp_batches(2), _cfg(), loss_fn=xent)
+    with pytest.raises(GradInitError, match="does not depend on the model's parameters"):
+        gradinit(model, mlp_batches(2), _cfg(), loss_fn=lambda m, b: xent(m, b).detach())
+    assert_same_state(model, before)
+    with torch.no_grad():  # allowed: GradInit turns gradients on for its own passes
+        gradinit(smooth_mlp(), mlp_batches(2), _cfg(target="sgd", eta=0.1), loss_fn=xent)
+    with pytest.raises(ValueError, match="register_initializer\\(name\\): the name must be a non-empty string"):
+        register_initializer(123)  # type: ignore[arg-type]
+    meta = torch.nn.Linear(3, 3, device="meta")
+    with pytest.raises(ValueError, match="on the meta device"):
+        apply_scales(meta, {"weight": 0.5})
