@@ -20,7 +20,7 @@ from .model_state import PreparedModel, model_device, seeded_rng
 from .objective import LossEvaluator, constraint_scale_gradient, grad_norm, objective_scale_gradient
 from .result import GradInitResult
 from .scale_optimizer import ScaleAdam
-from .scales import ParamInfo, excluded, scaled, trainable_parameters
+from .scales import ParamInfo, excluded, refuse_shared_storage, scaled, trainable_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,10 @@ def gradinit(
     if not isinstance(model, nn.Module):
         raise GradInitError(f"gradinit needs an nn.Module, got {type(model).__name__}.")
     infos = trainable_parameters(model)
+    try:
+        refuse_shared_storage([(i.name, i.param) for i in infos])
+    except ValueError as err:
+        raise GradInitError(str(err)) from None
     if not infos:
         raise GradInitError(
             f"{type(model).__name__} has no trainable floating-point parameter: nothing to rescale."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
 from collections.abc import Mapping
@@ -83,6 +84,34 @@ def trainable_parameters(model: nn.Module) -> list[ParamInfo]:
     return infos
 
 
+def _memory_span(t: torch.Tensor) -> tuple[int, int, int]:
+    storage = t.untyped_storage()
+    start = t.storage_offset() * t.element_size()
+    extent = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride(), strict=True)) if t.numel() else 0
+    return storage.data_ptr(), start, start + (extent + 1) * t.element_size() if t.numel() else start
+
+
+def refuse_shared_storage(named: list[tuple[str, torch.Tensor]], what: str = "GradInit") -> None:
+    """Raise if two distinct parameters overlap in memory (views of one tensor, or one storage
+    wrapped twice): each would get its own scale, and whichever is written last would win."""
+    spans = []
+    for name, p in named:
+        if p.is_meta or p.numel() == 0:
+            continue
+        ptr, lo, hi = _memory_span(p.data)
+        if ptr:
+            spans.append((ptr, lo, hi, name))
+    spans.sort()
+    for (ptr_a, _, hi_a, a), (ptr_b, lo_b, _, b) in itertools.pairwise(spans):
+        if ptr_a == ptr_b and lo_b < hi_a:
+            raise ValueError(
+                f"Parameters {a!r} and {b!r} share memory (views of one tensor, or one storage wrapped twice)"
+                f" but are different nn.Parameter objects: {what} would scale each on its own and the last write"
+                " would win. Tie them as one Parameter (assign the same Parameter to both modules), or give them"
+                " storage of their own (.clone()) if they are meant to differ."
+            )
+
+
 def excluded(name: str, patterns: tuple[str, ...]) -> bool:
     return any(re.search(pattern, name) for pattern in patterns)
 
@@ -142,6 +171,7 @@ def apply_scales(
     if not isinstance(scales, Mapping):
         raise TypeError(f"apply_scales takes {{name: scale}} or a GradInitResult, got {type(scales).__name__}.")
     params = _resolve_names(model, list(scales))
+    refuse_shared_storage(list(dict(model.named_parameters()).items()), "apply_scales")
     meta = [n for n, p in params.items() if p.is_meta]
     if meta:
         raise ValueError(

@@ -44,6 +44,7 @@ from .training_target import config_for_training
 
 logger = logging.getLogger(__name__)
 
+
 def _sharding(args: TrainingArguments, model: nn.Module | None, trainer: Trainer | None = None) -> str | None:
     """What partitions or copies the parameters after wrapping, if anything: DeepSpeed or FSDP
     chosen in ``TrainingArguments``, by ``accelerate launch`` (its config sets these

@@ -270,3 +270,36 @@ def test_unclear_inputs_get_messages_that_name_the_argument():
     meta = torch.nn.Linear(3, 3, device="meta")
     with pytest.raises(ValueError, match="on the meta device"):
         apply_scales(meta, {"weight": 0.5})
+
+
+@pytest.mark.parametrize("how", ["views", "same storage twice"])
+def test_parameters_sharing_memory_are_refused_not_scaled_twice(how):
+    from hf_gradinit import apply_scales
+
+    class Shared(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            base = torch.randn(4, 6, dtype=torch.float64)
+            if how == "views":
+                self.a = torch.nn.Parameter(base[:2])
+                self.b = torch.nn.Parameter(base[1:3])  # overlapping rows
+            else:
+                self.a = torch.nn.Parameter(base)
+                self.b = torch.nn.Parameter(base.view(4, 6))
+
+        def forward(self, x):
+            return x @ (self.a.sum(0) + self.b.sum(0))
+
+    model = Shared()
+    before = snapshot(model)
+    with pytest.raises(GradInitError, match="'a' and 'b' share memory"):
+        gradinit(model, [(torch.randn(4, 6, dtype=torch.float64),)] * 2, _cfg(target="sgd", eta=0.1),
+                 loss_fn=lambda m, b: m(b[0]).pow(2).mean())  # fmt: skip
+    assert_same_state(model, before)
+    with pytest.raises(ValueError, match="share memory"):
+        apply_scales(model, {"a": 0.5})
+    # Disjoint views of one tensor are fine: each is its own memory.
+    base = torch.randn(4, 6)
+    ok = torch.nn.Module()
+    ok.a, ok.b = torch.nn.Parameter(base[:2]), torch.nn.Parameter(base[2:])
+    apply_scales(ok, {"a": 0.5, "b": 2.0})
