@@ -280,3 +280,23 @@ def torch_model():
     from conftest import tiny_marian
 
     return tiny_marian(vocab=64)
+
+
+def test_compare_first_steps_table(tmp_path):
+    import compare_first_steps
+    import torch
+    from conftest import reversal_batches, tiny_marian
+
+    from hf_gradinit.diagnostics import first_step_report
+
+    model, batch = tiny_marian(seed=0), reversal_batches(1)[0]
+    first_step_report(model, batch, lr=1e-3).save(tmp_path / "a.json")
+    with torch.no_grad():
+        model.model.encoder.layers[0].fc2.weight.mul_(0.5)
+    first_step_report(model, batch, lr=2e-3).save(tmp_path / "b.json")
+    out = compare_first_steps.main([str(tmp_path / "a.json"), "base", str(tmp_path / "b.json"), "halved"])
+    fc2 = next(line for line in out.splitlines() if "| encoder | fc2.weight |" in line)
+    fc1 = next(line for line in out.splitlines() if "| encoder | fc1.weight |" in line)
+    # lr x2 doubles every relative step; halving fc2 in one of the two layers (of about equal
+    # norms) gives about (2*2 + 2) / 2 = 3.
+    assert fc1.endswith("| 2.00 |") and float(fc2.split("|")[-2]) == pytest.approx(3.0, abs=0.1)
