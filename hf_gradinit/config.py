@@ -46,6 +46,25 @@ _ADAM_DEFAULTS: dict[str, Any] = {
 }
 
 
+def checked_exclude(owner: str, value: Any) -> tuple[str, ...]:
+    """``exclude`` as a tuple of regular expressions, or a ``TypeError`` that says what it takes."""
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(x, str) for x in value):
+        raise TypeError(f"{owner}.exclude must be a regular expression or a list of them (strings), got {value!r}.")
+    return tuple(value)
+
+
+def checked_seed(owner: str, value: Any, allow_none: bool = False) -> int | None:
+    """A seed torch accepts (numpy integers included), or a ``ValueError`` naming the range."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= int(value) < 2**63:
+        return int(value)
+    none = "None or " if allow_none else ""
+    raise ValueError(f"{owner}.seed must be {none}an integer in [0, 2**63), got {value!r}.")
+
+
 _NUMBER_FIELDS = (
     "eta", "gamma", "lr", "norm_lr", "eps", "clip", "min_scale", "max_scale", "bias_min_scale", "bias_max_scale",
     "norm_min_scale", "norm_max_scale", "weight_decay", "overlap", "fd_eps",
@@ -171,19 +190,10 @@ class GradInitConfig:
     def __post_init__(self) -> None:
         # Checks that do not depend on the target run at construction, so a typo fails
         # where it was made; the rest run in resolve().
-        if isinstance(self.exclude, str):
-            self.exclude = (self.exclude,)
-        if not isinstance(self.exclude, (list, tuple)) or not all(isinstance(x, str) for x in self.exclude):
-            raise TypeError(
-                f"GradInitConfig.exclude must be a regular expression or a list of them (strings), got"
-                f" {self.exclude!r}."
-            )
-        self.exclude = tuple(self.exclude)
+        self.exclude = checked_exclude("GradInitConfig", self.exclude)
         # numpy and torch integers are integers; floats that are whole numbers are not.
         if isinstance(self.iters, numbers.Integral) and not isinstance(self.iters, bool):
             self.iters = int(self.iters)
-        if isinstance(self.seed, numbers.Integral) and not isinstance(self.seed, bool):
-            self.seed = int(self.seed)
         for name in _NUMBER_FIELDS:
             value = getattr(self, name)
             if value is None:
@@ -191,8 +201,7 @@ class GradInitConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"GradInitConfig.{name} must be a number, got {value!r} ({type(value).__name__}).")
             setattr(self, name, float(value))
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"GradInitConfig.seed must be an integer in [0, 2**63), got {self.seed!r}.")
+        self.seed = checked_seed("GradInitConfig", self.seed)  # type: ignore[assignment]
         if self.betas is not None:
             self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         self._check()

@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import checked_exclude, checked_seed
 from .data import Batch, BatchStream, LossFn, promote_half, to_device
 from .distributed import Collective
 from .errors import GradInitError
@@ -111,12 +112,8 @@ class LSUVConfig:
     show_progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
-                                      or not 0 <= self.seed < 2**63):  # fmt: skip
-            raise ValueError(f"LSUVConfig.seed must be None or an integer in [0, 2**63), got {self.seed!r}.")
-        if isinstance(self.exclude, str):
-            self.exclude = (self.exclude,)
-        self.exclude = tuple(self.exclude)
+        self.seed = checked_seed("LSUVConfig", self.seed, allow_none=True)
+        self.exclude = checked_exclude("LSUVConfig", self.exclude)
         if self.layer_types is not None:
             types = (self.layer_types,) if isinstance(self.layer_types, type) else tuple(self.layer_types)
             if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):

@@ -54,7 +54,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
-from .config import HVP_MODES, HvpMode
+from .config import HVP_MODES, HvpMode, checked_exclude, checked_seed
 from .data import Batch, BatchStream, LossFn, _rebuild, promote_half, to_device
 from .distributed import Collective
 from .errors import GradInitError
@@ -127,9 +127,8 @@ class MetaInitConfig:
     show_progress: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.exclude, str):
-            self.exclude = (self.exclude,)
-        self.exclude = tuple(self.exclude)
+        self.exclude = checked_exclude("MetaInitConfig", self.exclude)
+        self.seed = checked_seed("MetaInitConfig", self.seed)
 
         def number(name: str, low: float, inclusive: bool) -> None:
             value = getattr(self, name)

@@ -303,3 +303,14 @@ def test_parameters_sharing_memory_are_refused_not_scaled_twice(how):
     ok = torch.nn.Module()
     ok.a, ok.b = torch.nn.Parameter(base[:2]), torch.nn.Parameter(base[2:])
     apply_scales(ok, {"a": 0.5, "b": 2.0})
+
+
+@pytest.mark.parametrize("name", ["GradInitConfig", "LSUVConfig", "MetaInitConfig"])
+def test_every_config_names_a_bad_seed_or_exclude(name):
+    import hf_gradinit
+
+    cls = getattr(hf_gradinit, name)
+    with pytest.raises(ValueError, match=rf"{name}\.seed must be .*an integer in \[0, 2\*\*63\)"):
+        cls(seed=2**70)
+    with pytest.raises(TypeError, match=rf"{name}\.exclude must be a regular expression or a list"):
+        cls(exclude=5)
