@@ -49,6 +49,24 @@ def _fresh_filter():
     return fresh
 
 
+_NORMS = (nn.LayerNorm, nn.modules.batchnorm._NormBase, nn.GroupNorm)
+
+
+def _reset_norm(module: nn.Module, fresh) -> None:
+    if fresh(getattr(module, "weight", None)):
+        nn.init.ones_(module.weight)
+    if fresh(getattr(module, "bias", None)):
+        nn.init.zeros_(module.bias)
+
+
+def _reset_embedding(module: nn.Embedding, fresh) -> None:
+    # fairseq's Embedding(): N(0, d^-1/2), the padding row zero.
+    if fresh(module.weight):
+        nn.init.normal_(module.weight, mean=0.0, std=module.embedding_dim**-0.5)
+        if module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+
+
 def _linear_default_bias(module: nn.Linear) -> None:
     # nn.Linear.reset_parameters' bias rule, on its own (the weight is set separately).
     bound = 1 / math.sqrt(module.in_features) if module.in_features > 0 else 0.0
@@ -74,10 +92,8 @@ def fairseq_init(model: nn.Module) -> nn.Module:
     output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     # Input embeddings first, so a head tied to one of them is seen as done when reached.
     for module in model.modules():
-        if isinstance(module, nn.Embedding) and fresh(module.weight):
-            nn.init.normal_(module.weight, mean=0.0, std=module.embedding_dim**-0.5)
-            if module.padding_idx is not None:
-                module.weight[module.padding_idx].zero_()
+        if isinstance(module, nn.Embedding):
+            _reset_embedding(module, fresh)
     for name, module in model.named_modules():
         leaf = name.rsplit(".", 1)[-1]
         if isinstance(module, nn.Linear):
@@ -101,11 +117,8 @@ def fairseq_init(model: nn.Module) -> nn.Module:
                     nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5))
                 if fresh(module.bias):
                     _linear_default_bias(module)
-        elif isinstance(module, (nn.LayerNorm, nn.modules.batchnorm._NormBase, nn.GroupNorm)):
-            if fresh(getattr(module, "weight", None)):
-                nn.init.ones_(module.weight)
-            if fresh(getattr(module, "bias", None)):
-                nn.init.zeros_(module.bias)
+        elif isinstance(module, _NORMS):
+            _reset_norm(module, fresh)
     return model
 
 
@@ -130,15 +143,9 @@ def xavier_init(model: nn.Module) -> nn.Module:
             if fresh(module.bias):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            if fresh(module.weight):
-                nn.init.normal_(module.weight, mean=0.0, std=module.embedding_dim**-0.5)
-                if module.padding_idx is not None:
-                    module.weight[module.padding_idx].zero_()
-        elif isinstance(module, (nn.LayerNorm, nn.modules.batchnorm._NormBase, nn.GroupNorm)):
-            if fresh(getattr(module, "weight", None)):
-                nn.init.ones_(module.weight)
-            if fresh(getattr(module, "bias", None)):
-                nn.init.zeros_(module.bias)
+            _reset_embedding(module, fresh)
+        elif isinstance(module, _NORMS):
+            _reset_norm(module, fresh)
     return model
 
 
