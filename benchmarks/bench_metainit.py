@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=4, help="measured MetaInit steps per mode (after one warm-up)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gq_steps", type=int, default=0,
+                        help="also run this many steps of each mode at the default settings and report the gradient"
+                        " quotient along the way (how many steps MetaInit needs)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -85,7 +88,17 @@ def main(argv: list[str] | None = None) -> dict:
         seconds, n_params = metainit_step_seconds(build, batch, hvp, args.steps)
         step = statistics.median(seconds)
         rows[hvp] = {"step_s": step, "ratio_to_train_step": step / train, "default_500_steps_min": 500 * step / 60}
+    trajectories = {}
+    for hvp in ("exact", "finite_difference") if args.gq_steps else ():
+        model = build()
+        result = metainit(model, [batch], MetaInitConfig(steps=args.gq_steps, hvp=hvp, show_progress=False),  # type: ignore[arg-type]
+                          loss_fn=loss_fn)  # fmt: skip
+        gq = [h["gq"] for h in result.history]
+        marks = sorted({0, *range(9, len(gq), 10), len(gq) - 1})
+        trajectories[hvp] = {"initial_gq": result.initial_gq, "gq": {i + 1: gq[i] for i in marks}}
+        print(f"{hvp:>17}: GQ at step " + ", ".join(f"{i + 1}: {gq[i]:.3f}" for i in marks))
     out = {
+        "gq_trajectories": trajectories,
         "model": args.model,
         "width_mult": args.width_mult,
         "parameters": n_params,

@@ -40,7 +40,7 @@ from .errors import GradInitError
 from .initializers import InitializerSpec, get_initializer
 from .model_state import model_device
 from .token_batches import dataset_lengths, token_batches
-from .training_target import config_for_training
+from .training_target import config_for_training, target_for_optim  # noqa: F401  (kept importable from here)
 
 logger = logging.getLogger(__name__)
 

@@ -373,3 +373,25 @@ def test_two_processes_take_the_same_steps(tmp_path):
     assert r0["history"][0]["gq"] == r1["history"][0]["gq"]  # the logged GQ is the mean over ranks
     alone = metainit(smooth_mlp(0), mlp_batches(3, seed=0), quiet(steps=6, lr=0.01), loss_fn=xent)
     assert alone.scales != r0["scales"]
+
+
+def test_default_steps_are_a_runnable_100_and_the_bar_shows_the_cost(monkeypatch):
+    import importlib
+
+    from conftest import mlp_batches, smooth_mlp, xent
+
+    from hf_gradinit import InitArguments
+
+    module = importlib.import_module("hf_gradinit.metainit")  # the package's `metainit` is the function
+
+    assert MetaInitConfig().steps == 100 and InitArguments().metainit_steps == 100
+    shown = []
+
+    class Bar(module.tqdm):
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            shown.append(dict(ordered_dict or {}))
+            super().set_postfix(ordered_dict, refresh, **kwargs)
+
+    monkeypatch.setattr(module, "tqdm", Bar)
+    module.metainit(smooth_mlp(), mlp_batches(2), MetaInitConfig(steps=3, lr=0.01), loss_fn=xent)
+    assert len(shown) == 3 and all(float(p["s/step"]) > 0 for p in shown)
