@@ -394,4 +394,4 @@ def test_default_steps_are_a_runnable_100_and_the_bar_shows_the_cost(monkeypatch
 
     monkeypatch.setattr(module, "tqdm", Bar)
     module.metainit(smooth_mlp(), mlp_batches(2), MetaInitConfig(steps=3, lr=0.01), loss_fn=xent)
-    assert len(shown) == 3 and all(float(p["s/step"]) > 0 for p in shown)
+    assert len(shown) == 3 and all(float(p["s/step"]) >= 0 for p in shown)  # a tiny model rounds to 0.00
