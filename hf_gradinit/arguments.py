@@ -185,9 +185,7 @@ class InitArguments:
         try:
             config = self.initializer_config()
             if isinstance(config, GradInitConfig):
-                config = config_for_training(config, training_args).resolve()
-                if config.weight_decay > 0 and config.eta * config.weight_decay >= 1:
-                    raise ValueError("--gradinit_eta x --gradinit_weight_decay >= 1 would flip every weight.")
+                config_for_training(config, training_args).resolve()  # resolve() checks eta x weight_decay too
         except (ValueError, TypeError, GradInitError) as err:
             message = str(err)
             for cls, prefix in _FLAG_PREFIX.items():

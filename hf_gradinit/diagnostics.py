@@ -36,6 +36,7 @@ from torch import nn
 
 from .data import Batch, LossFn, model_loss, to_device
 from .model_state import model_device
+from .scales import trainable_parameters
 
 _LAYER = re.compile(r"(?:^|\.)(?:layers?|h|blocks?|block)\.(\d+)\.")
 
@@ -192,7 +193,7 @@ def first_step_report(
         raise ValueError(f"target must be 'adam', 'adamw' or 'sgd', got {target!r}.")
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}.")
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.is_floating_point()]
+    named = [(info.name, info.param) for info in trainable_parameters(model)]
     if not named:
         raise ValueError(f"{type(model).__name__} has no trainable floating-point parameters to report on.")
     was_training = {m: m.training for m in model.modules()}

@@ -4,12 +4,11 @@ Under DDP each process holds a shard of every batch. GradInit then does what a D
 step does: it averages the full gradient ``g`` across processes before forming the virtual
 step and the gradient norm, and averages the scale gradients before the scale update. Every
 rank thus applies the same update from the same state and ends with bit-identical weights,
-equal (up to rounding) to a single-process run over the union of the shards. The averages
-use accelerate's collectives (``accelerate.utils.reduce``) when accelerate set up the process
-group (the Trainer, ``accelerate launch``), and ``torch.distributed.all_reduce`` when the user's
-own code did (plain ``torchrun`` + ``init_process_group``): accelerate's ``reduce`` silently
-returns its input unchanged when its own state is not distributed, which would let the ranks
-drift apart without an error.
+equal (up to rounding) to a single-process run over the union of the shards. The averages are
+``torch.distributed.all_reduce`` on the default process group, whoever set it up (the Trainer,
+``accelerate launch``, or the user's own ``torchrun`` + ``init_process_group``), so they never
+depend on accelerate's state (``accelerate.utils.reduce`` silently returns its input unchanged
+when that state is not distributed, which would let the ranks drift apart without an error).
 
 **Failures reach every rank.** A rank that fails (an exception in its data or its loss, Ctrl-C)
 would leave the others blocked in their next collective until the process group's timeout
@@ -46,16 +45,6 @@ def world_size() -> int:
     return 1
 
 
-def _accelerate_is_distributed() -> bool:
-    """Whether accelerate's state exists and is distributed, without creating it (creating
-    ``PartialState()`` would initialise a process group of its own)."""
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType
-
-    shared = PartialState._shared_state
-    return bool(shared) and shared.get("distributed_type", DistributedType.NO) != DistributedType.NO
-
-
 class Collective:
     """Means across processes; no-ops in a single process.
 
@@ -79,10 +68,6 @@ class Collective:
                 self._store = None
 
     def _reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
-        if not dist.is_initialized() and _accelerate_is_distributed():  # pragma: no cover - XLA and the like
-            from accelerate.utils import reduce
-
-            return reduce(tensor, reduction=reduction)
         out = tensor.clone()
         work = dist.all_reduce(out, op=dist.ReduceOp.MAX if reduction == "max" else dist.ReduceOp.SUM, async_op=True)
         self._wait(work)

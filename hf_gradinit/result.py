@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .scales import apply_scales
+from .scales import apply_scales, excluded, trainable_parameters
 
 FORMAT_VERSION = 1
 _KINDS = ("weight", "bias", "norm")
@@ -124,8 +124,6 @@ class GradInitResult:
         initialisation passes with a warning). ``allow_partial=True`` applies a file that
         covers only part of the model (the rest is left as it is).
         """
-        from .scales import excluded, trainable_parameters
-
         exclude = tuple(self.config.get("exclude") or ())
         candidates = [
             i.name

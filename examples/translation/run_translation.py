@@ -308,7 +308,6 @@ def load_raw_datasets(data_args: DataTrainingArguments, seed: int):
         except Exception as err:
             raise UsageError(f"Cannot read {sorted(files.values())} as JSON lines: {err}") from err
     else:
-        sys.path.insert(0, str(HERE))
         from builtin_data import builtin_splits
 
         logger.info("No data given: using the built-in De->En demo corpus (a smoke test, not real language).")
