@@ -145,7 +145,7 @@ class InitArguments:
         default=0.1, metadata={"help": "MetaInit: step on each tensor's norm (paper: 0.1; scale it to the norms)."}
     )
     metainit_steps: int = field(
-        default=100, metadata={"help": "MetaInit: sign-SGD steps (paper: 500; each costs about 12 training steps)."}
+        default=100, metadata={"help": "MetaInit: sign-SGD steps (paper: 500; each costs about 13 training steps)."}
     )
     metainit_momentum: float = field(default=0.9, metadata={"help": "MetaInit: momentum."})
     metainit_hvp: str = field(

@@ -80,11 +80,11 @@ class MetaInitConfig:
             momentum 0.9 a norm can move by up to ``10 * lr`` per step.
         momentum: Momentum of the sign-SGD (paper: 0.9).
         steps: Number of steps, one batch each. Default 100, not the paper's 500 (a deviation,
-            for cost): a step costs 12-13 training steps (a double backward through ``H g``),
-            so 500 steps took 15-25 minutes for a 0.65-1.3M-parameter CIFAR VGG on a CPU, and
-            on that VGG the gradient quotient fell from 84 to about 12 by step 50-100 and
-            stayed there to step 150 (``benchmarks/bench_metainit.py``). Set 500 for the
-            paper's setting.
+            for cost): a step costs about 13 training steps (a double backward through ``H g``),
+            so 500 steps would take about 15 minutes for a 0.65M-parameter CIFAR VGG on a
+            loaded 2-core CPU, and on that VGG the gradient quotient fell from 84 to about 12
+            by step 50-100 and stayed there to step 150 (``benchmarks/bench_metainit.py``).
+            Set 500 for the paper's setting.
         eps: The ``eps`` of the gradient quotient's denominator (paper: 1e-5).
         hvp: How ``Hg`` is formed, and what it costs. GQ must be differentiated with
             respect to the norms *through* ``Hg``:
