@@ -181,7 +181,7 @@ def test_no_warmup_sweep_runs_resumes_and_reports(tmp_path, capsys):
     import no_warmup
 
     argv = [
-        "--out", str(tmp_path / "sweep"), "--variants", "default+warmup", "xavier/gradinit", "--adam_lrs", "1e-3",
+        "--out", str(tmp_path / "sweep"), "--variants", "default+warmup", "xavier/gradinit@floor0.1", "--adam_lrs", "1e-3",
         "--sgd_lrs", "0.1", "--momenta", "0.9", "--seeds", "0", "--warmup", "2", "--logging_steps", "1",
         "--jobs", "2", "--threads_per_run", "1", "--", *TINY, "--builtin_train_size", "120", "--do_predict", "false",
     ]  # fmt: skip
@@ -190,11 +190,13 @@ def test_no_warmup_sweep_runs_resumes_and_reports(tmp_path, capsys):
     by_key = {r["key"]: r for r in records}
     warm = by_key["default+warmup_adam_lr0.001_s0"]
     assert warm["warmup"] == 2 and warm["model_init"] == "default" and "--warmup_steps 2" in warm["command"]
-    sgd = by_key["xavier-gradinit_sgd_lr0.1_m0.9_s0"]
+    sgd = by_key["xavier-gradinit@floor0.1_sgd_lr0.1_m0.9_s0"]
     assert sgd["base_init"] == "xavier" and "momentum=0.9" in sgd["command"] and sgd["init_seconds"] > 0
+    assert sgd["ablation"] == "floor0.1" and "--gradinit_min_scale 0.1" in sgd["command"]
+    assert warm["ablation"] is None and "--gradinit_min_scale" not in warm["command"]
     assert all(r["loss_curve"] and "eval_bleu" in r for r in records)
     table = (tmp_path / "sweep" / "results.md").read_text()
-    assert "sgd (momentum 0.9)" in table and "xavier/gradinit" in table
+    assert "sgd (momentum 0.9)" in table and "xavier/gradinit@floor0.1" in table
     assert (tmp_path / "sweep" / "bleu_vs_lr.png").stat().st_size > 0
     assert (tmp_path / "sweep" / "loss_curves.png").stat().st_size > 0
     capsys.readouterr()
@@ -208,6 +210,9 @@ def test_no_warmup_rejects_unknown_variant(tmp_path, capsys):
     with pytest.raises(SystemExit):
         no_warmup.main(["--out", str(tmp_path), "--variants", "magic"])
     assert "INIT must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        no_warmup.main(["--out", str(tmp_path), "--variants", "fairseq/gradinit@magic"])
+    assert "ABLATION must be one of" in capsys.readouterr().err
 
 
 def test_paper_recipe_sets_the_papers_values_and_flags_still_win():

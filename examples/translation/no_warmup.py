@@ -9,7 +9,10 @@ everywhere), ``INIT`` is ``--model_init`` (any registered initialiser), ``+warmu
 or fairseq's inverse square root (``--warmup_scheduler inverse_sqrt``: linear to the peak, then
 ``lr * sqrt(warmup / step)``, the usual Post-LN baseline with 4,000 updates).
 The default variants are ``default+warmup``, ``default``, ``gradinit`` and every
-other registered initialiser, all without warmup unless marked.
+other registered initialiser, all without warmup unless marked. A variant may end in
+``@ABLATION``, one of ``ABLATIONS`` below (e.g. ``fairseq/gradinit@floor0.1``): the named
+GradInit options are added to that variant's runs only, so ablations share one results file
+and one table with the rows they are compared against.
 
 Every finished run is appended to ``results.jsonl`` in ``--out``; running the same command
 again skips them (a half-done sweep resumes). Then ``results.md`` (mean +- std over seeds)
@@ -44,6 +47,20 @@ from hf_gradinit.reporting import mean_std, run_recorded, run_sweep, sweep_parse
 
 BASES = ("model", "fairseq", "xavier")
 
+# Each ablation changes one thing about GradInit, to find which part of it decides the outcome.
+ABLATIONS: dict[str, list[str]] = {
+    # the lower bound on scales (the paper's 0.01) raised, so no tensor can be nearly switched off
+    "floor0.1": ["--gradinit_min_scale", "0.1", "--gradinit_norm_min_scale", "0.1"],
+    # only the objective: the gradient-norm constraint never binds
+    "objective_only": ["--gradinit_gamma", "1e12"],
+    # only the constraint: every iteration is a step that lowers the gradient norm
+    "constraint_only": ["--gradinit_gamma", "1e-9"],
+    # the authors' look-ahead for the tied decoder embedding (moves only its input role)
+    "input_only": ["--gradinit_tied_lookahead", "input_only"],
+    # exact Hessian-vector products instead of the finite difference
+    "exact_hvp": ["--gradinit_hvp", "exact"],
+}
+
 
 @dataclass(frozen=True)
 class Run:
@@ -59,11 +76,14 @@ class Run:
         return f"{self.variant.replace('/', '-')}_{self.optim}_lr{self.lr:g}{m}_s{self.seed}"
 
     def parts(self) -> tuple[str, str, bool]:
-        name, warmup = (
-            (self.variant[: -len("+warmup")], True) if self.variant.endswith("+warmup") else (self.variant, False)
-        )
+        name = self.variant.split("@", 1)[0]
+        name, warmup = (name[: -len("+warmup")], True) if name.endswith("+warmup") else (name, False)
         base, init = name.split("/", 1) if "/" in name else ("model", name)
         return base, init, warmup
+
+    @property
+    def ablation(self) -> str | None:
+        return self.variant.split("@", 1)[1] if "@" in self.variant else None
 
 
 def default_variants() -> list[str]:
@@ -96,7 +116,7 @@ def command(run: Run, args: argparse.Namespace, out_dir: Path) -> list[str]:
         cmd += ["--optim", "sgd", "--optim_args", f"momentum={run.momentum:g}"]
     else:
         cmd += ["--optim", "adamw_torch"]
-    return cmd + list(args.run_args)
+    return cmd + list(args.run_args) + ABLATIONS.get(run.ablation or "", [])
 
 
 KEPT = ("eval_bleu", "predict_bleu", "train_loss", "eval_loss", "init_seconds", "init_fraction_of_train_runtime",
@@ -115,7 +135,7 @@ def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         record["loss_curve"] = [[h["step"], h["loss"]] for h in history if "loss" in h and "step" in h]
     base, init, warmup = run.parts()
     record.update(base_init=base, model_init=init, warmup=args.warmup if warmup else 0,
-                  warmup_scheduler=args.warmup_scheduler if warmup else None)  # fmt: skip
+                  warmup_scheduler=args.warmup_scheduler if warmup else None, ablation=run.ablation)  # fmt: skip
     return record
 
 
@@ -223,9 +243,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from hf_gradinit import available_initializers
 
     for v in args.variants:
-        base, init, _ = Run(v, "adam", 1.0, None, 0).parts()
+        run = Run(v, "adam", 1.0, None, 0)
+        base, init, _ = run.parts()
         if init not in available_initializers() or base not in BASES:
             parser.error(f"variant {v!r}: INIT must be one of {available_initializers()}, BASE one of {BASES}.")
+        if run.ablation is not None and run.ablation not in ABLATIONS:
+            parser.error(f"variant {v!r}: ABLATION must be one of {sorted(ABLATIONS)}.")
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     records = run_sweep(
         plan(args),
