@@ -181,9 +181,10 @@ def test_no_warmup_sweep_runs_resumes_and_reports(tmp_path, capsys):
     import no_warmup
 
     argv = [
-        "--out", str(tmp_path / "sweep"), "--variants", "default+warmup", "xavier/gradinit@floor0.1", "--adam_lrs", "1e-3",
-        "--sgd_lrs", "0.1", "--momenta", "0.9", "--seeds", "0", "--warmup", "2", "--logging_steps", "1",
-        "--jobs", "2", "--threads_per_run", "1", "--", *TINY, "--builtin_train_size", "120", "--do_predict", "false",
+        "--out", str(tmp_path / "sweep"), "--variants", "default+warmup", "xavier/gradinit@floor0.1",
+        "--adam_lrs", "1e-3", "--sgd_lrs", "0.1", "--momenta", "0.9", "--seeds", "0", "--warmup", "2",
+        "--logging_steps", "1", "--jobs", "2", "--threads_per_run", "1",
+        "--", *TINY, "--builtin_train_size", "120", "--do_predict", "false",
     ]  # fmt: skip
     records = no_warmup.main(argv)  # two runs at a time: results.jsonl must still hold whole records
     assert len(records) == 4 and all(r["returncode"] == 0 for r in records), [r.get("returncode") for r in records]
