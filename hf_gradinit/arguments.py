@@ -247,6 +247,36 @@ class InitArguments:
         return os.path.join(training_args.output_dir, SCALES_FILE_NAME) if self.save_init_scales else None
 
 
+def parse_before_training_args(parser: Any, args: list[str]) -> tuple[Any, ...]:
+    """``parser.parse_args_into_dataclasses(args)`` without building ``TrainingArguments``.
+
+    Its ``__post_init__`` imports most of transformers (5-10 s on a busy machine), so a script
+    that checks its options only after it answers a typo slowly. This returns the same tuple
+    with every ``TrainingArguments`` (or subclass) replaced by a ``SimpleNamespace`` of its parsed,
+    not yet post-processed values: enough for checks that read plain fields such as
+    ``learning_rate`` and ``optim`` (:meth:`InitArguments.validate` accepts it). Unknown options
+    and malformed values exit through argparse here, as they would later; the real parse still
+    builds the real objects afterwards.
+
+    Example::
+
+        early = parse_before_training_args(parser, sys.argv[1:])
+        validate(*early)                                   # bad options fail in about a second
+        model_args, training_args, init_args = parser.parse_args_into_dataclasses()
+    """
+    import dataclasses
+    import types
+
+    from transformers import TrainingArguments
+
+    namespace, _ = parser.parse_known_args(args=args)
+    built = []
+    for dtype in parser.dataclass_types:
+        values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(dtype) if f.init}
+        built.append(types.SimpleNamespace(**values) if issubclass(dtype, TrainingArguments) else dtype(**values))
+    return tuple(built)
+
+
 def trainer_init_kwargs(
     init_args: InitArguments,
     training_args: TrainingArguments,

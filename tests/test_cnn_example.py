@@ -123,13 +123,15 @@ def test_presets_and_recipe_resolution(tmp_path, monkeypatch):
     """Iterations default to one epoch of batches, the scale lr to the family's; gradient
     clipping is on without BatchNorm only; weight decay skips BatchNorm and scalar parameters."""
     seen = {}
-    real_init = train_cifar.CifarTrainer.__init__
+    import cifar_trainer
+
+    real_init = cifar_trainer.CifarTrainer.__init__
 
     def spy(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
         seen["trainer"] = self
 
-    monkeypatch.setattr(train_cifar.CifarTrainer, "__init__", spy)
+    monkeypatch.setattr(cifar_trainer.CifarTrainer, "__init__", spy)
     results = _train(tmp_path, "--model", "resnet20_bn", "--model_init", "gradinit", "--num_train_epochs", "1",
                      "--warmup_epochs", "1")  # fmt: skip
     assert results["init_config"]["iters"] == 3 and results["init_config"]["lr"] == 1e-3  # ceil(96/32); ResNet+BN
@@ -168,6 +170,27 @@ def test_bad_arguments_exit_with_clear_messages(tmp_path, capsys):
     assert "--gradinit_lr must be a finite number > 0" in err
     err = _fails(tmp_path, capsys, "--model_init", "gradinit", "--gradinit_beta2", "0.9")
     assert err.startswith("train_cifar.py: error: Give both --gradinit_beta1")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [(["--help"], "--model_init"), (["--model", "vgg12_bn"], "choose one of"),
+     (["--model_init", "gradinit", "--gradinit_lr", "-1"], "--gradinit_lr")],
+)  # fmt: skip
+def test_help_and_argument_errors_answer_without_the_slow_imports(argv, expected):
+    """--help and a bad option must not wait for the Trainer, the models and the data code to import."""
+    import subprocess
+
+    code = (
+        "import sys; sys.argv = ['train_cifar.py', *{!r}]\n"
+        "sys.path.insert(0, {!r})\n"
+        "try:\n    import train_cifar; train_cifar.main()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('transformers.trainer', 'transformers.modeling_utils', 'hf_gradinit.trainer',"
+        " 'cifar_data') if m in sys.modules]\n"
+        "print('HEAVY', heavy)"
+    ).format(argv, str(REPO / "examples" / "cnn"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert expected in done.stdout + done.stderr and "HEAVY []" in done.stdout, (done.stdout + done.stderr)[-800:]
 
 
 @pytest.mark.skipif(not CIFAR_ARCHIVE.exists(), reason=f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}")

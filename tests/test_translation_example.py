@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import transformers
 
 pytest.importorskip("datasets")
 pytest.importorskip("sacrebleu")
@@ -118,7 +119,11 @@ def test_bad_options_fail_before_any_data_or_model_work(tmp_path, capsys, monkey
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded before the options were checked")
 
+    def not_yet(self):  # its __post_init__ imports most of transformers: seconds before the error
+        raise AssertionError("TrainingArguments was built before the options were checked")
+
     monkeypatch.setattr(run_translation, "load_raw_datasets", no_data)
+    monkeypatch.setattr(transformers.TrainingArguments, "__post_init__", not_yet)
     with pytest.raises(SystemExit) as info:
         run_translation.main(["--output_dir", str(tmp_path / "out"), *argv])
     assert info.value.code == 2
@@ -135,20 +140,24 @@ def test_a_damaged_scales_file_fails_before_any_data_work(tmp_path, capsys, monk
     assert "--init_scales_file" in capsys.readouterr().err
 
 
-def test_help_and_argument_errors_answer_without_the_slow_imports():
-    """--help must not wait for the Trainer, datasets and the model classes to import."""
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [(["--help"], "--model_init"), (["--model_init", "gradinit", "--gradinit_iters", "0"], "--gradinit_iters")],
+)
+def test_help_and_argument_errors_answer_without_the_slow_imports(argv, expected):
+    """--help and a bad option must not wait for the Trainer, datasets and the model code to import."""
     import subprocess
 
     code = (
-        "import sys; sys.argv = ['run_translation.py', '--help']\n"
+        "import sys; sys.argv = ['run_translation.py', *{!r}]\n"
         "sys.path.insert(0, {!r})\n"
         "try:\n    import run_translation; run_translation.main()\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('datasets', 'tokenizers', 'transformers.trainer', 'hf_gradinit.trainer',"
-        " 'transformers.models.marian.modeling_marian') if m in sys.modules]\n"
+        " 'transformers.modeling_utils', 'transformers.models.marian.modeling_marian') if m in sys.modules]\n"
         "print('HEAVY', heavy)"
-    ).format(str(REPO / "examples" / "translation"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
-    assert "--model_init" in out and "HEAVY []" in out, out[-500:]
+    ).format(argv, str(REPO / "examples" / "translation"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert expected in done.stdout + done.stderr and "HEAVY []" in done.stdout, (done.stdout + done.stderr)[-800:]
 
 
 def test_bad_arguments_exit_with_clear_messages(tmp_path, capsys):

@@ -36,20 +36,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from torch import nn
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+# Only what parsing the command line needs is imported here, so --help and an argument error
+# answer without loading the Trainer, the data code or the models (seconds on a loaded machine);
+# the rest is imported when the run starts.
+from transformers import HfArgumentParser, TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cifar_data import CifarDataset, DataError, builtin_shapes, load_cifar
-from cifar_models import build_model, check_model, family
+from hf_gradinit.arguments import InitArguments, parse_before_training_args
 
-from hf_gradinit import InitArguments, trainer_init_kwargs
-from hf_gradinit.reporting import machine_description
-from hf_gradinit.trainer import initializer_result, initializer_timing
+if TYPE_CHECKING:
+    from cifar_data import CifarDataset
 
 logger = logging.getLogger("train_cifar")
 
@@ -120,34 +119,43 @@ class RecipeArguments:
     save_model: bool = field(default=False, metadata={"help": "Save the trained weights to --output_dir."})
 
 
-class CifarTrainer(Trainer):
-    """The paper's weight decay: on convolution and linear layers, not on BatchNorm parameters
-    nor the scalar biases and multipliers of the ResNets without BatchNorm."""
-
-    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
-        norm = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-        skipped = {id(p) for m in model.modules() if isinstance(m, norm) for p in m.parameters(recurse=False)} | {
-            id(p) for p in model.parameters() if p.numel() == 1
-        }
-        return [n for n, p in model.named_parameters() if id(p) not in skipped]
-
-
 def parse_args(argv: list[str] | None = None):
     parser = HfArgumentParser((ModelArguments, DataArguments, RecipeArguments, TrainingArguments, InitArguments))
     parser.set_defaults(**SCRIPT_DEFAULTS)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    validate(*parse_before_training_args(parser, argv))  # a bad option fails before transformers loads
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-def load_data(data_args: DataArguments) -> tuple[CifarDataset, CifarDataset, int]:
+def validate(model_args, data_args, recipe, training_args, init_args) -> str:
+    """Every option checked before any data, model or Trainer work; returns the model family."""
+    from cifar_models import check_model, family
+
+    try:
+        check_model(model_args.model, model_args.width_mult)
+        kind = family(model_args.model)
+    except ValueError as err:
+        raise UsageError(f"--model {model_args.model}: {err}") from err
+    try:
+        init_args.validate(training_args)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     for name in ("train_samples", "eval_samples"):
         value = getattr(data_args, name)
         if value is not None and value <= 0:
             raise UsageError(f"--{name} must be positive, got {value}.")
     if data_args.cutout < 0:
         raise UsageError(f"--cutout must be 0 (off) or a positive side length, got {data_args.cutout}.")
+    if recipe.warmup_epochs < 0:
+        raise UsageError(f"--warmup_epochs must be >= 0, got {recipe.warmup_epochs}.")
+    return kind
+
+
+def load_data(data_args: DataArguments) -> tuple[CifarDataset, CifarDataset, int]:
+    from cifar_data import CifarDataset, DataError, builtin_shapes, load_cifar
+
     if data_args.data_dir is None:
         logger.info("No --data_dir: using the built-in shapes set (a smoke test, not CIFAR-10).")
         train = builtin_shapes(data_args.builtin_train_size, seed=1000 + data_args.subset_seed)
@@ -169,15 +177,16 @@ def load_data(data_args: DataArguments) -> tuple[CifarDataset, CifarDataset, int
 
 def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, Any]:
     started = time.time()
-    try:  # before loading data, which may take a while
-        check_model(model_args.model, model_args.width_mult)
-        kind = family(model_args.model)
-    except ValueError as err:
-        raise UsageError(f"--model {model_args.model}: {err}") from err
-    try:
-        init_args.validate(training_args)
-    except ValueError as err:
-        raise UsageError(str(err)) from err
+    kind = validate(model_args, data_args, recipe, training_args, init_args)  # before the data, which may take a while
+    import numpy as np
+    from cifar_models import build_model
+    from cifar_trainer import CifarTrainer
+    from transformers import set_seed
+
+    from hf_gradinit import trainer_init_kwargs
+    from hf_gradinit.reporting import machine_description
+    from hf_gradinit.trainer import initializer_result, initializer_timing
+
     set_seed(training_args.seed)
     train_ds, test_ds, classes = load_data(data_args)
 
@@ -185,8 +194,6 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
     steps_per_epoch = math.ceil(len(train_ds) / batch)
     if training_args.max_grad_norm is not None and training_args.max_grad_norm < 0:
         training_args.max_grad_norm = 1.0 if kind.endswith("nobn") else 0.0
-    if recipe.warmup_epochs < 0:
-        raise UsageError(f"--warmup_epochs must be >= 0, got {recipe.warmup_epochs}.")
     if recipe.warmup_epochs > 0:
         training_args.warmup_steps = max(1, round(recipe.warmup_epochs * steps_per_epoch))
     if init_args.model_init == "gradinit":

@@ -53,7 +53,7 @@ from typing import Any
 # imported when the run starts.
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
-from hf_gradinit.arguments import InitArguments
+from hf_gradinit.arguments import InitArguments, parse_before_training_args
 
 logger = logging.getLogger("run_translation")
 
@@ -410,6 +410,7 @@ def parse_args(argv: list[str] | None = None):
         parser.error(f"--recipe {recipe}: choose one of {sorted(RECIPES)}.")
     # The recipe's values become defaults, so any flag on the command line still wins.
     parser.set_defaults(**{**SCRIPT_DEFAULTS, **RECIPES[recipe]})
+    validate(*parse_before_training_args(parser, argv))  # a bad option fails before transformers loads
     return parser.parse_args_into_dataclasses(args=argv)
 
 
