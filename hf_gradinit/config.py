@@ -65,6 +65,14 @@ def checked_seed(owner: str, value: Any, allow_none: bool = False) -> int | None
     raise ValueError(f"{owner}.seed must be {none}an integer in [0, 2**63), got {value!r}.")
 
 
+def checked_count(owner: str, name: str, value: Any) -> int:
+    """A count >= 1 as an ``int`` (numpy and torch integers accepted; bools and whole floats not),
+    or a ``ValueError`` naming the field."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 1:
+        return int(value)
+    raise ValueError(f"{owner}.{name} must be an integer >= 1, got {value!r}.")
+
+
 _NUMBER_FIELDS = (
     "eta", "gamma", "lr", "norm_lr", "eps", "clip", "min_scale", "max_scale", "bias_min_scale", "bias_max_scale",
     "norm_min_scale", "norm_max_scale", "weight_decay", "overlap", "fd_eps",
@@ -191,9 +199,8 @@ class GradInitConfig:
         # Checks that do not depend on the target run at construction, so a typo fails
         # where it was made; the rest run in resolve().
         self.exclude = checked_exclude("GradInitConfig", self.exclude)
-        # numpy and torch integers are integers; floats that are whole numbers are not.
-        if isinstance(self.iters, numbers.Integral) and not isinstance(self.iters, bool):
-            self.iters = int(self.iters)
+        if self.iters is not None:
+            self.iters = checked_count("GradInitConfig", "iters", self.iters)
         for name in _NUMBER_FIELDS:
             value = getattr(self, name)
             if value is None:

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import checked_exclude, checked_seed
+from .config import checked_count, checked_exclude, checked_seed
 from .data import Batch, BatchStream, LossFn, promote_half, to_device
 from .distributed import Collective
 from .errors import GradInitError
@@ -123,8 +123,7 @@ class LSUVConfig:
             raise ValueError(f"LSUVConfig.target_std must be a finite number > 0, got {self.target_std!r}.")
         if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
             raise ValueError(f"LSUVConfig.tol must be a finite number > 0, got {self.tol!r}.")
-        if not isinstance(self.max_tries, int) or isinstance(self.max_tries, bool) or self.max_tries < 1:
-            raise ValueError(f"LSUVConfig.max_tries must be an integer >= 1, got {self.max_tries!r}.")
+        self.max_tries = checked_count("LSUVConfig", "max_tries", self.max_tries)
         for pattern in self.exclude:
             try:
                 re.compile(pattern)

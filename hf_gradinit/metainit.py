@@ -54,7 +54,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
-from .config import HVP_MODES, HvpMode, checked_exclude, checked_seed
+from .config import HVP_MODES, HvpMode, checked_count, checked_exclude, checked_seed
 from .data import Batch, BatchStream, LossFn, _rebuild, promote_half, to_device
 from .distributed import Collective
 from .errors import GradInitError
@@ -150,8 +150,7 @@ class MetaInitConfig:
         number("min_scale", 0.0, True)
         if not (isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum < 1.0):
             raise ValueError(f"MetaInitConfig.momentum must lie in [0, 1), got {self.momentum!r}.")
-        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
-            raise ValueError(f"MetaInitConfig.steps must be an integer >= 1, got {self.steps!r}.")
+        self.steps = checked_count("MetaInitConfig", "steps", self.steps)
         if self.hvp not in HVP_MODES:
             raise ValueError(f"MetaInitConfig.hvp must be one of {list(HVP_MODES)}, got {self.hvp!r}.")
         if self.fd_eps is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import re
 import warnings
 from collections.abc import Mapping
@@ -168,6 +169,11 @@ def apply_scales(
     if hasattr(scales, "scales"):
         init_norms = init_norms if init_norms is not None else getattr(scales, "init_norms", None)
         scales = scales.scales  # type: ignore[union-attr]
+    if isinstance(scales, (str, os.PathLike)):
+        raise TypeError(
+            f"apply_scales takes {{name: scale}} or a GradInitResult, got the path {str(scales)!r}: load the"
+            " file first, apply_scales(model, GradInitResult.load(path)), or call result.apply(model)."
+        )
     if not isinstance(scales, Mapping):
         raise TypeError(f"apply_scales takes {{name: scale}} or a GradInitResult, got {type(scales).__name__}.")
     params = _resolve_names(model, list(scales))

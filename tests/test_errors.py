@@ -245,9 +245,16 @@ def test_scales_learned_on_another_architecture_are_refused_unless_partial(quiet
 def test_unclear_inputs_get_messages_that_name_the_argument():
     import numpy as np
 
-    from hf_gradinit import apply_scales, register_initializer
+    from hf_gradinit import LSUVConfig, MetaInitConfig, apply_scales, register_initializer
 
     assert GradInitConfig(iters=np.int64(3)).iters == 3  # numpy integers are integers
+    assert LSUVConfig(max_tries=np.int64(4)).max_tries == 4 and MetaInitConfig(steps=np.int32(5)).steps == 5
+    for build in (lambda: GradInitConfig(iters=True), lambda: LSUVConfig(max_tries=True),
+                  lambda: MetaInitConfig(steps=2.0)):  # fmt: skip
+        with pytest.raises(ValueError, match="must be an integer >= 1"):
+            build()
+    with pytest.raises(TypeError, match=r"got the path '/no/such\.json': load the file first"):
+        apply_scales(smooth_mlp(), "/no/such.json")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*63\)"):
         GradInitConfig(seed=2**70)
     with pytest.raises(TypeError, match=r"GradInitConfig\.gamma must be a number, got '1'"):
