@@ -93,7 +93,7 @@ from torch.nn import functional as F
 
 import hf_gradinit
 from hf_gradinit import GradInitConfig, gradinit
-from hf_gradinit.data import split_batch
+from hf_gradinit.batches import split_batch
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .batches import Batch
 from .config import FD_SCHEMES, HVP_MODES, TARGETS, TIED_LOOKAHEADS, GradInitConfig
-from .data import Batch
 from .errors import GradInitError
 from .initializers import RegisteredNames, get_initializer
 from .lsuv import LSUVConfig

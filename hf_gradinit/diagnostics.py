@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .data import Batch, LossFn, model_loss, to_device
+from .batches import Batch, LossFn, model_loss, to_device
 from .model_state import model_device
 from .scales import trainable_parameters
 

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .batches import Batch, BatchStream, LossFn, promote_half, split_batch, to_device
 from .config import GradInitConfig
-from .data import Batch, BatchStream, LossFn, promote_half, split_batch, to_device
 from .distributed import Collective
 from .errors import GradInitError
 from .model_state import PreparedModel, model_device, seeded_rng

@@ -22,8 +22,8 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from .batches import Batch, LossFn
 from .config import GradInitConfig
-from .data import Batch, LossFn
 from .engine import gradinit
 from .result import GradInitResult
 

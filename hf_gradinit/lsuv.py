@@ -51,8 +51,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .batches import Batch, BatchStream, LossFn, call_model, promote_half, to_device
 from .config import checked_count, checked_exclude, checked_seed
-from .data import Batch, BatchStream, LossFn, promote_half, to_device
 from .distributed import Collective
 from .errors import GradInitError
 from .initializers import register_initializer
@@ -414,12 +414,8 @@ class _LSUVRun:
         with torch.no_grad():
             if self.loss_fn is not None:
                 self.loss_fn(self.model, batch)
-            elif isinstance(batch, Mapping):
-                self.model(**batch)
-            elif isinstance(batch, (list, tuple)):
-                self.model(*batch)
             else:
-                self.model(batch)
+                call_model(self.model, batch)
 
     def discover(self, batch: Batch, device: torch.device) -> list[_Layer]:
         """One forward pass with hooks: the order layers run in, which module first uses each

@@ -43,7 +43,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,8 +54,8 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from tqdm.auto import tqdm
 
+from .batches import Batch, BatchStream, LossFn, promote_half, recursively_apply, to_device
 from .config import HVP_MODES, HvpMode, checked_count, checked_exclude, checked_seed
-from .data import Batch, BatchStream, LossFn, _rebuild, promote_half, to_device
 from .distributed import Collective
 from .errors import GradInitError
 from .initializers import register_initializer
@@ -325,18 +325,7 @@ def randomize_batch(batch: Batch, generator: torch.Generator) -> Batch:
         values = torch.randint(low, high + 1, t.shape, generator=generator, dtype=torch.int64).to(t.device, t.dtype)
         return torch.where(t < 0, t, values)
 
-    def walk(x: Any, key: str = "") -> Any:
-        if isinstance(x, torch.Tensor):
-            return x if ("mask" in key or "position" in key) else draw(x)
-        if isinstance(x, Mapping):
-            return _rebuild(x, {k: walk(v, str(k)) for k, v in x.items()})
-        if isinstance(x, tuple) and hasattr(x, "_fields"):
-            return type(x)(*(walk(v, f) for f, v in zip(x._fields, x, strict=True)))
-        if isinstance(x, (list, tuple)):
-            return type(x)(walk(v, key) for v in x)
-        return x
-
-    return walk(batch)
+    return recursively_apply(lambda t, key: t if ("mask" in key or "position" in key) else draw(t), batch)
 
 
 class _ComposedNorms(TorchFunctionMode):

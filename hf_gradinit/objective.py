@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .batches import Batch, LossFn, model_loss
 from .config import FdScheme, GradInitConfig
-from .data import Batch, LossFn, model_loss
 from .errors import GradInitError
 
 Tensors = list[torch.Tensor]

@@ -33,8 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .batches import Batch, LossFn
 from .config import GradInitConfig
-from .data import Batch, LossFn
 from .distributed import Collective, world_size
 from .errors import GradInitError
 from .initializers import InitializerSpec, get_initializer

@@ -18,7 +18,7 @@ from conftest import (
 from torch import nn
 
 from hf_gradinit import GradInitConfig, GradInitError, GradInitResult, apply_scales, gradinit
-from hf_gradinit.data import split_batch
+from hf_gradinit.batches import split_batch
 from hf_gradinit.objective import LossEvaluator, grad_norm, virtual_step
 from hf_gradinit.scales import trainable_parameters
 

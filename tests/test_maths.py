@@ -9,7 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 from hf_gradinit import GradInitConfig, gradinit
-from hf_gradinit.data import split_batch
+from hf_gradinit.batches import split_batch
 from hf_gradinit.objective import (
     LossEvaluator,
     constraint_scale_gradient,

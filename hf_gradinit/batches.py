@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -14,16 +14,23 @@ Batch = Any
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """Move every tensor of a (nested) batch to ``device``; leave everything else alone."""
+def recursively_apply(fn: Callable[[torch.Tensor, str], Any], batch: Batch, key: str = "") -> Batch:
+    """``batch`` with every tensor ``t`` replaced by ``fn(t, key)``, structure kept.
+
+    The one walk over nested batches (as accelerate's ``recursively_apply``): mappings
+    (``BatchEncoding`` and other dict types rebuilt as their own type), named tuples, tuples
+    and lists are walked; anything else is left as it is. ``key`` is the name of the
+    innermost mapping entry (or named-tuple field) holding the tensor, for functions that
+    treat masks or position ids differently.
+    """
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return fn(batch, key)
     if isinstance(batch, Mapping):
-        return _rebuild(batch, {k: to_device(v, device) for k, v in batch.items()})
+        return _rebuild(batch, {k: recursively_apply(fn, v, str(k)) for k, v in batch.items()})
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(to_device(v, device) for v in batch))
+        return type(batch)(*(recursively_apply(fn, v, f) for f, v in zip(batch._fields, batch, strict=True)))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
+        return type(batch)(recursively_apply(fn, v, key) for v in batch)
     return batch
 
 
@@ -36,34 +43,37 @@ def _rebuild(mapping: Mapping, items: dict) -> Mapping:
         return items
 
 
+def tensors(batch: Batch) -> list[torch.Tensor]:
+    """Every tensor of a nested batch, in order."""
+    found: list[torch.Tensor] = []
+    recursively_apply(lambda t, _: found.append(t) or t, batch)
+    return found
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """Move every tensor of a (nested) batch to ``device``; leave everything else alone."""
+    return recursively_apply(lambda t, _: t.to(device, non_blocking=True), batch)
+
+
 def promote_half(batch: Batch) -> Batch:
     """The batch with fp16/bf16 tensors in fp32: the model runs in fp32 during the pass
     (see :class:`~hf_gradinit.model_state.PreparedModel`), so half-precision inputs must follow."""
-    if isinstance(batch, torch.Tensor):
-        return batch.float() if batch.dtype in (torch.float16, torch.bfloat16) else batch
+    return recursively_apply(lambda t, _: t.float() if t.dtype in (torch.float16, torch.bfloat16) else t, batch)
+
+
+def call_model(model: nn.Module, batch: Batch) -> Any:
+    """``model(**batch)`` for a mapping, ``model(*batch)`` for a tuple or list, else ``model(batch)``:
+    the one way every initialiser feeds a batch to a model."""
     if isinstance(batch, Mapping):
-        return _rebuild(batch, {k: promote_half(v) for k, v in batch.items()})
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(promote_half(v) for v in batch))
+        return model(**batch)
     if isinstance(batch, (list, tuple)):
-        return type(batch)(promote_half(v) for v in batch)
-    return batch
-
-
-def _tensors(batch: Batch) -> Iterator[torch.Tensor]:
-    if isinstance(batch, torch.Tensor):
-        yield batch
-    elif isinstance(batch, Mapping):
-        for v in batch.values():
-            yield from _tensors(v)
-    elif isinstance(batch, (list, tuple)):
-        for v in batch:
-            yield from _tensors(v)
+        return model(*batch)
+    return model(batch)
 
 
 def batch_size(batch: Batch) -> int:
     """Number of samples: the leading size of the batch's first tensor with one."""
-    for t in _tensors(batch):
+    for t in tensors(batch):
         if t.dim() > 0:
             return int(t.shape[0])
     raise GradInitError(
@@ -73,15 +83,7 @@ def batch_size(batch: Batch) -> int:
 
 
 def _slice(batch: Batch, n: int, start: int, stop: int) -> Batch:
-    if isinstance(batch, torch.Tensor):
-        return batch[start:stop] if batch.dim() > 0 and batch.shape[0] == n else batch
-    if isinstance(batch, Mapping):
-        return _rebuild(batch, {k: _slice(v, n, start, stop) for k, v in batch.items()})
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(_slice(v, n, start, stop) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_slice(v, n, start, stop) for v in batch)
-    return batch
+    return recursively_apply(lambda t, _: t[start:stop] if t.dim() > 0 and t.shape[0] == n else t, batch)
 
 
 def split_batch(batch: Batch, overlap: float) -> tuple[Batch, Batch]:
@@ -118,13 +120,7 @@ def model_loss(model: nn.Module, batch: Batch, loss_fn: LossFn | None) -> torch.
     if loss_fn is not None:
         loss = loss_fn(model, batch)
     else:
-        if isinstance(batch, Mapping):
-            output = model(**batch)
-        elif isinstance(batch, (list, tuple)):
-            output = model(*batch)
-        else:
-            output = model(batch)
-        loss = _output_loss(output)
+        loss = _output_loss(call_model(model, batch))
         if loss is None:
             raise GradInitError(
                 f"{type(model).__name__} returned no loss for this batch"
