@@ -1,26 +1,25 @@
-"""The GradInit loop: :func:`gradinit`."""
+"""GradInit: :func:`gradinit`, and its step for the shared driver (:class:`GradInit`)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .batches import Batch, BatchStream, LossFn, promote_half, split_batch, to_device
+from .batches import Batch, LossFn, split_batch
 from .config import GradInitConfig
-from .distributed import Collective
+from .driver import ScaleLearner, run
 from .errors import GradInitError
-from .model_state import PreparedModel, model_device, seeded_rng
+from .model_state import PreparedModel
 from .objective import LossEvaluator, constraint_scale_gradient, grad_norm, objective_scale_gradient
 from .result import GradInitResult
 from .scale_optimizer import ScaleAdam
-from .scales import ParamInfo, excluded, refuse_shared_storage, scaled, trainable_parameters
+from .scales import ParamInfo
 
 logger = logging.getLogger(__name__)
 
@@ -90,132 +89,50 @@ def gradinit(
         >>> sorted(result.scales)
         ['0.bias', '0.weight', '2.bias', '2.weight']
     """
-    if config is not None and not isinstance(config, GradInitConfig):
-        hint = " Build it with GradInitConfig(**your_dict)." if isinstance(config, dict) else ""
-        raise GradInitError(f"gradinit's config must be a GradInitConfig, got a {type(config).__name__}.{hint}")
-    if torch.is_inference_mode_enabled():
-        raise GradInitError(
-            "gradinit was called under torch.inference_mode(), where nothing can be differentiated; call it"
-            " outside that context (torch.no_grad() is fine: GradInit turns gradients on for its own passes)."
-        )
-    config = (config if config is not None else GradInitConfig()).resolve()
-    started = time.perf_counter()
-    if not isinstance(model, nn.Module):
-        raise GradInitError(f"gradinit needs an nn.Module, got {type(model).__name__}.")
-    infos = trainable_parameters(model)
-    try:
-        refuse_shared_storage([(i.name, i.param) for i in infos])
-    except ValueError as err:
-        raise GradInitError(str(err)) from None
-    if not infos:
-        raise GradInitError(
-            f"{type(model).__name__} has no trainable floating-point parameter: nothing to rescale."
-            " Check requires_grad (a frozen model has none)."
-        )
-    device = model_device(model)
-    comm = Collective(distributed)
-    run = _Run(model, infos, config, loss_fn, comm)
-    step = 0
-    # The caller's RNG is kept around data loading too: iterating a DataLoader draws sampler
-    # seeds from torch's global generator, which would otherwise shift the training order.
-    with comm.failures_shared(), seeded_rng(device, config.seed):
-        stream = BatchStream(data)
-        batch: Batch | None = stream.next_batch()
-        if not comm.all(batch is not None, device):
-            raise GradInitError(
-                "data yielded no batch (on at least one process): it is empty, or an iterator that was"
-                " already consumed. Pass a DataLoader or a list of batches (re-iterable data is cycled)."
-            )
-        try:
-            with PreparedModel(model, infos, hvp=config.hvp) as prepared:
-                run.setup(prepared)
-                setup_s = time.perf_counter() - started
-                with tqdm(total=config.iters, desc="GradInit", disable=not config.show_progress, leave=False) as bar:
-                    while step < config.iters:
-                        if step > 0:
-                            batch = stream.next_batch()
-                            if not comm.all(batch is not None, device):
-                                warnings.warn(
-                                    f"data ran out after {step} of {config.iters} GradInit iterations; stopping"
-                                    " early. Pass a re-iterable (a DataLoader or a list) to cycle through it.",
-                                    stacklevel=2,
-                                )
-                                break
-                        record = run.iteration(step, batch)
-                        bar.update(1)
-                        bar.set_postfix(run.postfix(record), refresh=False)
-                        step += 1
-                prepared.commit(run.final_values())
-        except GradInitError:
-            raise
-        except KeyboardInterrupt:
-            logger.warning(
-                "GradInit interrupted at iteration %d; the model was restored to its state before the call.", step
-            )
-            raise
-        except Exception as err:
-            where = "on the first batch, before any change" if step == 0 else f"at iteration {step}"
-            raise GradInitError(
-                f"GradInit failed {where}: {type(err).__name__}: {err}\nThe model was restored to its state"
-                f" before the call.{_hint(err, step, config)}"
-            ) from err
-    result = run.result(total_s=time.perf_counter() - started, setup_s=setup_s)
-    logger.info("%s", result.summary(max_rows=10))
-    return result
+    return run(GradInit, model, data, config, loss_fn=loss_fn, distributed=distributed)
 
 
-def _hint(err: Exception, step: int, config: GradInitConfig) -> str:
-    message = str(err)
-    if "derivative for" in message and "not implemented" in message and config.hvp == "exact":
-        return (
-            " An operation of the model has no double backward, which hvp='exact' needs;"
-            " use hvp='finite_difference' (first order only)."
-        )
-    if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in message:
-        return " Use smaller GradInit batches, or hvp='finite_difference' (no double-backward graph)."
-    if step == 0:
-        return " Check that the batches match the model's forward signature (or pass loss_fn)."
-    return ""
+class GradInit(ScaleLearner):
+    """GradInit's hooks for the shared driver (:mod:`hf_gradinit.driver`): one iteration is
+    one constraint or objective step on one batch."""
 
+    display_name = "GradInit"
+    function_name = "gradinit"
+    config_class = GradInitConfig
+    step_noun = "iteration"
 
-class _Run:
-    """State of one GradInit run between its iterations."""
+    @classmethod
+    def checked_config(cls, config: Any) -> GradInitConfig:
+        return super().checked_config(config).resolve()
 
-    def __init__(
-        self, model: nn.Module, infos: list[ParamInfo], config: GradInitConfig, loss_fn: LossFn | None, comm: Collective
-    ):
-        self.model = model
-        self.infos = infos
-        self.config = config
-        self.comm = comm
-        self.p = config.norm_order
+    def parameters(self) -> list[ParamInfo]:
+        self.infos = infos = super().parameters()
+        self.p = self.config.norm_order
         self.evaluator = LossEvaluator(
-            model, [i.name for i in infos], [i.param for i in infos], loss_fn, compile=config.compile
+            self.model, [i.name for i in infos], [i.param for i in infos], self.loss_fn, compile=self.config.compile
         )
         self.history: list[dict] = []
+        return infos
 
-    def setup(self, prepared: PreparedModel) -> None:
+    @property
+    def prepared_hvp(self) -> str:  # type: ignore[override]
+        return self.config.hvp
+
+    def hint(self, err: Exception, step: int) -> str:
+        message = str(err)
+        if "derivative for" in message and "not implemented" in message and self.config.hvp == "exact":
+            return (
+                " An operation of the model has no double backward, which hvp='exact' needs;"
+                " use hvp='finite_difference' (first order only)."
+            )
+        if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in message:
+            return " Use smaller GradInit batches, or hvp='finite_difference' (no double-backward graph)."
+        return super().hint(err, step)
+
+    def setup(self, prepared: PreparedModel, batch: Batch) -> int:
         cfg = self.config
         self.prepared = prepared
-        self.device = model_device(self.model)
-        norms = [float(torch.linalg.vector_norm(t, dtype=torch.float64)) for t in prepared.theta0]
-        self.skipped: dict[str, str] = {}
-        self.scaled_idx: list[int] = []
-        for i, info in enumerate(self.infos):
-            if excluded(info.name, cfg.exclude):
-                self.skipped[info.name] = "excluded"
-            elif norms[i] == 0.0:
-                # A zero tensor has no direction to keep; it still takes part in the virtual
-                # step and the gradient norm.
-                self.skipped[info.name] = "zero norm"
-            else:
-                self.scaled_idx.append(i)
-        if not self.scaled_idx:
-            raise GradInitError(
-                f"No tensor of {type(self.model).__name__} can be rescaled: all {len(self.infos)} trainable"
-                f" tensors are zero or excluded ({sorted(set(self.skipped.values()))}). GradInit keeps each"
-                " tensor's direction, so it needs a randomly initialised model; check config.exclude."
-            )
+        norms = self.select_scaled(self.infos, prepared)
         self.init_norms = {self.infos[i].name: norms[i] for i in self.scaled_idx}
         kinds = [self.infos[i].kind for i in self.scaled_idx]
         inf = float("inf")
@@ -243,6 +160,7 @@ class _Run:
             cfg.gamma, self.p, cfg.iters, cfg.lr, cfg.hvp,
             f" ({cfg.fd_scheme})" if cfg.hvp == "finite_difference" else "", ", compiled" if cfg.compile else "",
         )  # fmt: skip
+        return cfg.iters
 
     def _tied_output(self) -> tuple[nn.Module, int]:
         """The output projection and the index of the input embedding it is tied to."""
@@ -260,11 +178,10 @@ class _Run:
             )
         return out, index
 
-    def iteration(self, step: int, batch: Batch) -> dict:
+    def step(self, step: int, batch: Batch) -> dict:
         cfg, ev = self.config, self.evaluator
         started = time.perf_counter()
-        # The model runs in fp32 during GradInit (PreparedModel), so half-precision inputs follow.
-        s, s_tilde = split_batch(promote_half(to_device(batch, self.device)), cfg.overlap)
+        s, s_tilde = split_batch(batch, cfg.overlap)
         loss, grads = ev.grad(s)
         # As a DDP step would: one gradient for the union of all processes' shards, so every
         # process forms the same virtual step and sees the same norm.
@@ -327,14 +244,13 @@ class _Run:
         out["cons"] = str(sum(1 for h in self.history if h["kind"] == "constraint"))
         return out
 
-    def final_values(self) -> list[torch.Tensor | None]:
-        alpha = self.optimizer.alpha.tolist()
-        final: list[torch.Tensor | None] = [None] * len(self.infos)
-        for j, i in enumerate(self.scaled_idx):
-            final[i] = scaled(self.prepared.theta0[i], alpha[j], self.prepared.original_dtypes[i])
-        return final
+    def current_scales(self) -> list[float]:
+        return self.optimizer.alpha.tolist()
 
-    def result(self, total_s: float, setup_s: float) -> GradInitResult:
+    def final_values(self, first_batch: Batch) -> list[torch.Tensor | None]:
+        return self.scaled_values(self.prepared, len(self.infos))
+
+    def result(self, timings: dict[str, float]) -> GradInitResult:
         alpha = self.optimizer.alpha.tolist()
         names = [self.infos[i].name for i in self.scaled_idx]
 
@@ -350,8 +266,7 @@ class _Run:
             history=self.history,
             config=self.config.to_dict(),
             timings={
-                "total_s": total_s,
-                "setup_s": setup_s,
+                **timings,
                 "iterations_s": sum(h["seconds"] for h in self.history),
                 "objective_step_s": mean_seconds("objective"),
                 "constraint_step_s": mean_seconds("constraint"),

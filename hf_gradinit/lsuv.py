@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import re
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,14 +48,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from .batches import Batch, BatchStream, LossFn, call_model, promote_half, to_device
+from .batches import Batch, LossFn, call_model
 from .config import checked_count, checked_exclude, checked_seed
-from .distributed import Collective
+from .driver import DataDrivenInitializer, run
 from .errors import GradInitError
 from .initializers import register_initializer
-from .model_state import PreparedModel, model_device, seeded_rng
+from .model_state import PreparedModel
 from .scales import ParamInfo, excluded, trainable_parameters
 
 logger = logging.getLogger(__name__)
@@ -390,20 +388,91 @@ class _Layer:
     bias: nn.Parameter | None = None
 
 
-class _LSUVRun:
-    def __init__(
-        self, model: nn.Module, config: LSUVConfig, loss_fn: LossFn | None, comm: Collective, names: dict[int, str]
-    ):
-        self.model = model
-        self.config = config
-        self.loss_fn = loss_fn
-        self.comm = comm
-        self.names = names  # id(param) -> the name named_parameters() gives it
+class LSUV(DataDrivenInitializer):
+    """LSUV's hooks for the shared driver (:mod:`hf_gradinit.driver`): set-up discovers the
+    layers and pre-initialises them; one step processes one layer, all on the first batch."""
+
+    display_name = "LSUV"
+    function_name = "lsuv"
+    config_class = LSUVConfig
+    step_noun = "layer"
+    one_batch = True
+
+    def parameters(self) -> list[ParamInfo]:
+        infos = _layer_parameters(self.model, self.config)
+        if not infos:
+            raise GradInitError(
+                f"{type(self.model).__name__} has no trainable weight in a layer LSUV can process (Linear,"
+                " Conv1d/2d/3d, transformers' Conv1D, or LSUVConfig.layer_types); a frozen model has none."
+            )
+        self.infos = infos
+        self.names = {id(i.param): i.name for i in infos}  # id(param) -> the name named_parameters() gives it
         self.forward_passes = 0
-        self.seed = config.seed if config.seed is not None else 0  # set by lsuv() before the run
         self.written: set[int] = set()
         self.skipped: dict[str, str] = {}
-        self.originals: dict[int, torch.Tensor] = {}  # id(param) -> its value before the run
+        self.records: list[dict[str, Any]] = []
+        self.done: list[_Layer] = []
+        self.stage = "on the first forward pass, before any change"
+        return infos
+
+    def seed(self) -> int:
+        if not hasattr(self, "_seed"):
+            self._seed = self.config.seed if self.config.seed is not None else seed_from_weights(self.model)
+        return self._seed
+
+    def hint(self, err: Exception, step: int) -> str:
+        return " Check that the batch matches the model's forward signature (or pass loss_fn to run it)."
+
+    def setup(self, prepared: PreparedModel, batch: Batch) -> int:
+        self.prepared = prepared
+        self.originals = {id(i.param): t for i, t in zip(self.infos, prepared.theta0, strict=True)}
+        self.plan = self.discover(batch, self.device)
+        if not self.plan:
+            raise GradInitError(
+                f"LSUV found no layer to process in {type(self.model).__name__}: {_reasons(self.skipped)}."
+            )
+        if self.config.orthonormal:
+            self.stage = "during the orthonormal pre-initialisation"
+            self.pre_initialise(self.plan)
+        return len(self.plan)
+
+    def step(self, step: int, batch: Batch) -> dict[str, Any]:
+        layer = self.plan[step]
+        self.stage = f"at layer {layer.name!r}"
+        record = self.process(batch, layer)
+        if record is not None:
+            self.records.append(record)
+            self.done.append(layer)
+        return {"layer": layer.name, "record": record}
+
+    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        done = record["record"]
+        return {"layer": record["layer"][-24:], "std": f"{done['std_at_turn']:.3g}" if done else "-"}
+
+    def final_values(self, first_batch: Batch) -> list[torch.Tensor | None]:
+        self.stage = "on the final forward pass"
+        self.final_stds(first_batch, self.records, [layer.module for layer in self.done])
+        final = [
+            info.param.data.to(dtype) if id(info.param) in self.written else None
+            for info, dtype in zip(self.infos, self.prepared.original_dtypes, strict=True)
+        ]
+        self.tensors = {
+            info.name: value.detach().cpu().clone()
+            for info, value in zip(self.infos, final, strict=True)
+            if value is not None
+        }
+        return final
+
+    def result(self, timings: dict[str, float]) -> LSUVResult:
+        for record in self.records:
+            record.pop("std_at_turn")
+        return LSUVResult(
+            layers=self.records,
+            skipped=self.skipped,
+            tensors=self.tensors,
+            config={**self.config.to_dict(), "seed": self.seed()},  # the seed used, derived or given
+            timings={"total_s": timings["total_s"], "forward_passes": float(self.forward_passes)},
+        )
 
     def pooled(self, moments: torch.Tensor) -> torch.Tensor:
         """Moments summed over processes (a mean times the number of processes)."""
@@ -502,7 +571,7 @@ class _LSUVRun:
 
     @torch.no_grad()
     def pre_initialise(self, plan: list[_Layer]) -> None:
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(self.seed())
         for layer in plan:
             orthonormal_(layer.module.weight.data, generator)
             self.written.add(id(layer.module.weight))
@@ -643,91 +712,7 @@ def lsuv(
         >>> all(abs(r["std_after"] - 1.0) <= 0.1 for r in result.layers)
         True
     """
-    started = time.perf_counter()
-    config = config if config is not None else LSUVConfig()
-    if not isinstance(config, LSUVConfig):
-        raise GradInitError(f"lsuv takes an LSUVConfig, got {type(config).__name__}.")
-    if not isinstance(model, nn.Module):
-        raise GradInitError(f"lsuv needs an nn.Module, got {type(model).__name__}.")
-    infos = _layer_parameters(model, config)
-    if not infos:
-        raise GradInitError(
-            f"{type(model).__name__} has no trainable weight in a layer LSUV can process (Linear, Conv1d/2d/3d,"
-            " transformers' Conv1D, or LSUVConfig.layer_types); a frozen model has none."
-        )
-    if data is None:
-        raise GradInitError("LSUV needs a batch of data: pass a list of batches or a DataLoader.")
-    device = model_device(model)
-    comm = Collective(distributed)
-    run = _LSUVRun(model, config, loss_fn, comm, {id(i.param): i.name for i in infos})
-    run.seed = config.seed if config.seed is not None else seed_from_weights(model)
-    stage = "on the first forward pass, before any change"
-    records: list[dict[str, Any]] = []
-    with comm.failures_shared(), seeded_rng(device, run.seed):
-        batch = BatchStream(data).next_batch()
-        if not comm.all(batch is not None, device):
-            raise GradInitError(
-                "data yielded no batch (on at least one process): it is empty, or an iterator that was already"
-                " consumed. Pass a DataLoader or a list of batches."
-            )
-        try:
-            # hvp="finite_difference": LSUV runs forward passes only, so the attention kernel stays.
-            with PreparedModel(model, infos, hvp="finite_difference") as prepared:
-                run.originals = {id(i.param): t for i, t in zip(infos, prepared.theta0, strict=True)}
-                batch = promote_half(to_device(batch, device))
-                plan = run.discover(batch, device)
-                if not plan:
-                    raise GradInitError(
-                        f"LSUV found no layer to process in {type(model).__name__}: {_reasons(run.skipped)}."
-                    )
-                if config.orthonormal:
-                    stage = "during the orthonormal pre-initialisation"
-                    run.pre_initialise(plan)
-                done: list[_Layer] = []
-                with tqdm(total=len(plan), desc="LSUV", disable=not config.show_progress, leave=False) as bar:
-                    for layer in plan:
-                        stage = f"at layer {layer.name!r}"
-                        record = run.process(batch, layer)
-                        if record is not None:
-                            records.append(record)
-                            done.append(layer)
-                        bar.update(1)
-                        bar.set_postfix(
-                            {"layer": layer.name[-24:], "std": f"{record['std_at_turn']:.3g}" if record else "-"}
-                        )
-                stage = "on the final forward pass"
-                run.final_stds(batch, records, [layer.module for layer in done])
-                final = [
-                    info.param.data.to(dtype) if id(info.param) in run.written else None
-                    for info, dtype in zip(infos, prepared.original_dtypes, strict=True)
-                ]
-                tensors = {
-                    info.name: value.detach().cpu().clone()
-                    for info, value in zip(infos, final, strict=True)
-                    if value is not None
-                }
-                prepared.commit(final)
-        except GradInitError:
-            raise
-        except KeyboardInterrupt:
-            logger.warning("LSUV interrupted; the model was restored to its state before the call.")
-            raise
-        except Exception as err:
-            raise GradInitError(
-                f"LSUV failed {stage}: {type(err).__name__}: {err}\nThe model was restored to its state before the"
-                " call. Check that the batch matches the model's forward signature (or pass loss_fn to run it)."
-            ) from err
-    for record in records:
-        record.pop("std_at_turn")
-    result = LSUVResult(
-        layers=records,
-        skipped=run.skipped,
-        tensors=tensors,
-        config={**config.to_dict(), "seed": run.seed},  # the seed used, derived or given
-        timings={"total_s": time.perf_counter() - started, "forward_passes": float(run.forward_passes)},
-    )
-    logger.info("%s", result.summary(max_rows=10))
-    return result
+    return run(LSUV, model, data, config, loss_fn=loss_fn, distributed=distributed)
 
 
 def _layer_parameters(model: nn.Module, config: LSUVConfig) -> list[ParamInfo]:

@@ -52,16 +52,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
-from tqdm.auto import tqdm
 
-from .batches import Batch, BatchStream, LossFn, promote_half, recursively_apply, to_device
+from .batches import Batch, LossFn, recursively_apply
 from .config import HVP_MODES, HvpMode, checked_count, checked_exclude, checked_seed
-from .distributed import Collective
+from .driver import ScaleLearner, run
 from .errors import GradInitError
 from .initializers import register_initializer
-from .model_state import PreparedModel, model_device, seeded_rng
+from .model_state import PreparedModel
 from .objective import LossEvaluator, _math_sdpa, fd_step_size
-from .scales import ParamInfo, apply_scales, compute_dtype, excluded, scaled, trainable_parameters
+from .scales import ParamInfo, apply_scales, compute_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -393,53 +392,64 @@ def _batch_norm(
     return out + bias.reshape(shape) if bias is not None else out
 
 
-class _MetaInitRun:
-    """State of one MetaInit run between its steps."""
+class MetaInit(ScaleLearner):
+    """MetaInit's hooks for the shared driver (:mod:`hf_gradinit.driver`): one step is one
+    sign-SGD update of the norms on one batch."""
 
-    def __init__(
-        self, model: nn.Module, infos: list[ParamInfo], config: MetaInitConfig, loss_fn: LossFn | None, comm: Collective
-    ):
-        self.model = model
-        self.infos = infos
-        self.config = config
-        self.comm = comm
-        self.evaluator = LossEvaluator(model, [i.name for i in infos], [i.param for i in infos], loss_fn)
+    display_name = "MetaInit"
+    function_name = "metainit"
+    config_class = MetaInitConfig
+    step_noun = "step"
+    # "exact" whatever config.hvp: both modes differentiate through a gradient.
+    prepared_hvp = "exact"
+
+    def parameters(self) -> list[ParamInfo]:
+        self.infos = infos = super().parameters()
+        self.evaluator = LossEvaluator(self.model, [i.name for i in infos], [i.param for i in infos], self.loss_fn)
         self.history: list[dict[str, Any]] = []
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        return infos
 
-    def setup(self, prepared: PreparedModel) -> None:
+    def hint(self, err: Exception, step: int) -> str:
+        message = str(err)
+        if "derivative for" in message and "not implemented" in message:
+            if self.config.hvp == "exact":
+                return (
+                    " An operation of the model lacks a higher derivative; hvp='finite_difference' needs one order"
+                    " less (a double backward)."
+                )
+            return " MetaInit needs a double backward through every operation of the model, which this one lacks."
+        if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in message:
+            return (
+                " Use smaller batches, or hvp='finite_difference' (a second-order graph instead of a third-order one)."
+            )
+        return super().hint(err, step)
+
+    def postfix(self, record: dict[str, Any]) -> dict[str, str]:
+        return {"GQ": f"{record['gq']:.4g}", "loss": f"{record['loss']:.4g}", "s/step": f"{record['seconds']:.2f}"}
+
+    def skip_reason(self, info: ParamInfo, theta0: torch.Tensor, norm: float) -> str | None:
+        # MetaInit learns the norms of matrices and filters only (the paper's choice).
+        return "fewer than 2 dimensions" if theta0.dim() < 2 else super().skip_reason(info, theta0, norm)
+
+    def setup(self, prepared: PreparedModel, batch: Batch) -> int:
         cfg = self.config
         self.prepared = prepared
         self.theta0 = [t.detach().to(compute_dtype(t.dtype)) for t in prepared.theta0]
-        self.skipped: dict[str, str] = {}
-        self.scaled_idx: list[int] = []
-        norms = [float(torch.linalg.vector_norm(t, dtype=torch.float64)) for t in self.theta0]
-        for i, info in enumerate(self.infos):
-            if self.theta0[i].dim() < 2:
-                self.skipped[info.name] = "fewer than 2 dimensions"
-            elif excluded(info.name, cfg.exclude):
-                self.skipped[info.name] = "excluded"
-            elif norms[i] == 0.0:
-                self.skipped[info.name] = "zero norm"
-            else:
-                self.scaled_idx.append(i)
-        if not self.scaled_idx:
-            raise GradInitError(
-                f"{type(self.model).__name__} has no trainable tensor with 2 or more dimensions and a non-zero norm"
-                f" for MetaInit to rescale ({len(self.infos)} trainable tensors: {sorted(set(self.skipped.values()))})."
-            )
+        norms = self.select_scaled(self.infos, prepared)
         self.init_norms = torch.tensor([norms[i] for i in self.scaled_idx], dtype=torch.float64)
         self.norms = self.init_norms.clone()
         self.memory = torch.zeros_like(self.norms)
         self.low = self.init_norms * cfg.min_scale
         self.high = self.init_norms * (math.inf if cfg.max_scale is None else cfg.max_scale)
+        return cfg.steps
 
     @property
     def scales(self) -> list[float]:
         return (self.norms / self.init_norms).tolist()
 
-    def prepare_batch(self, batch: Batch, device: torch.device) -> Batch:
-        batch = promote_half(to_device(batch, device))
+    def prepare_batch(self, batch: Batch) -> Batch:
+        batch = super().prepare_batch(batch)
         return randomize_batch(batch, self.generator) if self.config.random_inputs else batch
 
     def quotient(self, batch: Batch, differentiate: bool = True) -> tuple[torch.Tensor, float, torch.Tensor | None]:
@@ -512,25 +522,27 @@ class _MetaInitRun:
         self.history.append(record)
         return record
 
-    def final_values(self) -> list[torch.Tensor | None]:
-        final: list[torch.Tensor | None] = [None] * len(self.infos)
-        for j, a in enumerate(self.scales):
-            i = self.scaled_idx[j]
-            final[i] = scaled(self.prepared.theta0[i], a, self.prepared.original_dtypes[i])
-        return final
+    def final_values(self, first_batch: Batch) -> list[torch.Tensor | None]:
+        self.final_gq = float(self.comm.mean(self.quotient(first_batch, differentiate=False)[0]))
+        if not math.isfinite(self.final_gq):
+            raise GradInitError(f"The gradient quotient after MetaInit is {self.final_gq}; the model was restored.")
+        return self.scaled_values(self.prepared, len(self.infos))
 
-    def result(self, initial_gq: float, final_gq: float, total_s: float) -> MetaInitResult:
+    def current_scales(self) -> list[float]:
+        return self.scales
+
+    def result(self, timings: dict[str, float]) -> MetaInitResult:
         steps_s = sum(h["seconds"] for h in self.history)
         return MetaInitResult(
             scales={self.infos[i].name: a for i, a in zip(self.scaled_idx, self.scales, strict=True)},
             init_norms={self.infos[i].name: float(n) for i, n in zip(self.scaled_idx, self.init_norms, strict=True)},
             skipped=self.skipped,
             history=self.history,
-            initial_gq=initial_gq,
-            final_gq=final_gq,
+            initial_gq=self.history[0]["gq"],
+            final_gq=self.final_gq,
             config=self.config.to_dict(),
             timings={
-                "total_s": total_s,
+                "total_s": timings["total_s"],
                 "steps_s": steps_s,
                 "step_s": steps_s / len(self.history) if self.history else math.nan,
             },
@@ -579,89 +591,7 @@ def metainit(
         >>> sorted(result.scales), result.steps
         (['0.weight', '2.weight'], 5)
     """
-    started = time.perf_counter()
-    config = config if config is not None else MetaInitConfig()
-    if not isinstance(config, MetaInitConfig):
-        raise GradInitError(f"metainit takes a MetaInitConfig, got {type(config).__name__}.")
-    if not isinstance(model, nn.Module):
-        raise GradInitError(f"metainit needs an nn.Module, got {type(model).__name__}.")
-    infos = trainable_parameters(model)
-    if not infos:
-        raise GradInitError(
-            f"{type(model).__name__} has no trainable floating-point parameter: nothing to rescale."
-            " Check requires_grad (a frozen model has none)."
-        )
-    if data is None:
-        raise GradInitError("MetaInit needs batches: pass a list of batches or a DataLoader.")
-    device = model_device(model)
-    comm = Collective(distributed)
-    run = _MetaInitRun(model, infos, config, loss_fn, comm)
-    step = 0
-    with comm.failures_shared(), seeded_rng(device, config.seed):
-        stream = BatchStream(data)
-        raw = stream.next_batch()
-        if not comm.all(raw is not None, device):
-            raise GradInitError(
-                "data yielded no batch (on at least one process): it is empty, or an iterator that was already"
-                " consumed. Pass a DataLoader or a list of batches (re-iterable data is cycled)."
-            )
-        try:
-            # hvp="exact" whatever config.hvp: both modes differentiate through a gradient.
-            with PreparedModel(model, infos, hvp="exact") as prepared:
-                run.setup(prepared)
-                first = batch = run.prepare_batch(raw, device)
-                with tqdm(total=config.steps, desc="MetaInit", disable=not config.show_progress, leave=False) as bar:
-                    while step < config.steps:
-                        if step > 0:
-                            raw = stream.next_batch()
-                            if not comm.all(raw is not None, device):
-                                logger.warning("data ran out after %d of %d MetaInit steps.", step, config.steps)
-                                break
-                            batch = run.prepare_batch(raw, device)
-                        record = run.step(step, batch)
-                        bar.update(1)
-                        bar.set_postfix(
-                            {"GQ": f"{record['gq']:.4g}", "loss": f"{record['loss']:.4g}",
-                             "s/step": f"{record['seconds']:.2f}"},
-                            refresh=False,
-                        )  # fmt: skip
-                        step += 1
-                final_gq = float(comm.mean(run.quotient(first, differentiate=False)[0]))
-                if not math.isfinite(final_gq):
-                    raise GradInitError(f"The gradient quotient after MetaInit is {final_gq}; the model was restored.")
-                prepared.commit(run.final_values())
-        except GradInitError:
-            raise
-        except KeyboardInterrupt:
-            logger.warning(
-                "MetaInit interrupted at step %d; the model was restored to its state before the call.", step
-            )
-            raise
-        except Exception as err:
-            where = "on the first batch, before any change" if step == 0 else f"at step {step}"
-            raise GradInitError(
-                f"MetaInit failed {where}: {type(err).__name__}: {err}\nThe model was restored to its state before"
-                f" the call.{_hint(err, step, config)}"
-            ) from err
-    result = run.result(run.history[0]["gq"], final_gq, time.perf_counter() - started)
-    logger.info("%s", result.summary(max_rows=10))
-    return result
-
-
-def _hint(err: Exception, step: int, config: MetaInitConfig) -> str:
-    message = str(err)
-    if "derivative for" in message and "not implemented" in message:
-        if config.hvp == "exact":
-            return (
-                " An operation of the model lacks a higher derivative; hvp='finite_difference' needs one order"
-                " less (a double backward)."
-            )
-        return " MetaInit needs a double backward through every operation of the model, which this one lacks."
-    if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in message:
-        return " Use smaller batches, or hvp='finite_difference' (a second-order graph instead of a third-order one)."
-    if step == 0:
-        return " Check that the batches match the model's forward signature (or pass loss_fn)."
-    return ""
+    return run(MetaInit, model, data, config, loss_fn=loss_fn, distributed=distributed)
 
 
 def _reapply(model: nn.Module, result: MetaInitResult, **options: Any) -> nn.Module:

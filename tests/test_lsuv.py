@@ -397,7 +397,7 @@ def test_bad_input_is_refused_before_any_work():
         lsuv(frozen, [torch.randn(4, 24)], quiet())
     with pytest.raises(GradInitError, match="no batch"):
         lsuv(model, [], quiet())
-    with pytest.raises(GradInitError, match="needs a batch"):
+    with pytest.raises(GradInitError, match="needs batches"):
         lsuv(model, None, quiet())
     with pytest.raises(GradInitError, match="forward signature"):
         lsuv(model, [{"wrong": torch.randn(4, 24)}], quiet())
