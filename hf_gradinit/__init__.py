@@ -15,13 +15,12 @@ in example scripts).
 
 from typing import TYPE_CHECKING, Any
 
-from .config import GradInitConfig
-from .engine import gradinit
+from . import methods  # noqa: F401  (registers every initialiser)
 from .errors import GradInitError
-from .initializers import available_initializers, get_initializer, register_initializer
-from .lsuv import LSUVConfig, LSUVResult, lsuv
-from .metainit import MetaInitConfig, MetaInitResult, metainit
-from .result import GradInitResult
+from .methods.gradinit import GradInitConfig, GradInitResult, gradinit
+from .methods.lsuv import LSUVConfig, LSUVResult, lsuv
+from .methods.metainit import MetaInitConfig, MetaInitResult, metainit
+from .registry import available_initializers, get_initializer, register_initializer
 from .scales import apply_scales
 
 __version__ = "0.1.0"
@@ -29,16 +28,17 @@ __version__ = "0.1.0"
 # The Trainer integration imports transformers' Trainer, which is slow to import: load it
 # on first use, so `import hf_gradinit` stays light for plain PyTorch users.
 _LAZY = {
-    "GradInitCallback": "trainer",
-    "InitializerCallback": "trainer",
-    "make_model_init": "trainer",
-    "InitArguments": "arguments",
-    "trainer_init_kwargs": "arguments",
+    "GradInitCallback": "trainer.callback",
+    "InitializerCallback": "trainer.callback",
+    "make_model_init": "trainer.model_init",
+    "InitArguments": "trainer.arguments",
+    "trainer_init_kwargs": "trainer.arguments",
 }
 
 if TYPE_CHECKING:
-    from .arguments import InitArguments, trainer_init_kwargs
-    from .trainer import GradInitCallback, InitializerCallback, make_model_init
+    from .trainer.arguments import InitArguments, trainer_init_kwargs
+    from .trainer.callback import GradInitCallback, InitializerCallback
+    from .trainer.model_init import make_model_init
 
 
 def __getattr__(name: str) -> Any:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from .result import GradInitResult
+    from .methods.gradinit.result import GradInitResult
 
 TensorKind = Literal["weight", "bias", "norm"]
 

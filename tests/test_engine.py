@@ -19,7 +19,8 @@ from torch import nn
 
 from hf_gradinit import GradInitConfig, GradInitError, GradInitResult, apply_scales, gradinit
 from hf_gradinit.batches import split_batch
-from hf_gradinit.objective import LossEvaluator, grad_norm, virtual_step
+from hf_gradinit.functional import LossEvaluator, grad_norm
+from hf_gradinit.methods.gradinit.objective import virtual_step
 from hf_gradinit.scales import trainable_parameters
 
 

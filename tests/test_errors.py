@@ -222,7 +222,7 @@ def test_result_load_refuses_scales_a_run_cannot_have_produced(tmp_path, change,
 def test_scales_learned_on_another_architecture_are_refused_unless_partial(quiet):
     from conftest import reversal_batches, tiny_marian
 
-    from hf_gradinit.schemes import fairseq_init
+    from hf_gradinit.methods.schemes import fairseq_init
 
     result = gradinit(tiny_marian(seed=0, layers=1), reversal_batches(2), _cfg(iters=2, eta=1e-3))
     deeper = tiny_marian(seed=0, layers=2)

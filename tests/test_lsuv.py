@@ -10,7 +10,7 @@ from conftest import SmallCNN, assert_same_state, image_batches, reversal_batche
 from torch import nn
 
 from hf_gradinit import GradInitError, LSUVConfig, LSUVResult, get_initializer, lsuv
-from hf_gradinit.lsuv import orthonormal_
+from hf_gradinit.methods.lsuv import orthonormal_
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,9 @@ from torch.func import functional_call
 
 from hf_gradinit import GradInitConfig, gradinit
 from hf_gradinit.batches import split_batch
-from hf_gradinit.objective import (
-    LossEvaluator,
+from hf_gradinit.functional import LossEvaluator, grad_norm
+from hf_gradinit.methods.gradinit.objective import (
     constraint_scale_gradient,
-    grad_norm,
     hvp_exact,
     hvp_finite_difference,
     norm_direction,

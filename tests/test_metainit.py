@@ -21,7 +21,8 @@ from torch.func import functional_call
 
 from hf_gradinit import GradInitError, MetaInitConfig, MetaInitResult, apply_scales, get_initializer, metainit
 from hf_gradinit.distributed import Collective
-from hf_gradinit.metainit import MetaInit, _ComposedNorms, gradient_quotient, randomize_batch
+from hf_gradinit.methods.metainit import MetaInit, gradient_quotient, randomize_batch
+from hf_gradinit.methods.metainit.quotient import _ComposedNorms
 from hf_gradinit.model_state import PreparedModel
 from hf_gradinit.scales import trainable_parameters
 

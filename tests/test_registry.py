@@ -24,7 +24,7 @@ from hf_gradinit import (
     register_initializer,
     trainer_init_kwargs,
 )
-from hf_gradinit.initializers import _REGISTRY
+from hf_gradinit.registry import _REGISTRY
 
 
 @pytest.fixture(autouse=True)

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import doctest
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
-from hf_gradinit.reporting import append_jsonl, read_jsonl, run_sweep
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "common"))
+
+import reporting
+from reporting import append_jsonl, read_jsonl, run_sweep
+
+
+def test_the_docstring_examples_hold():
+    assert doctest.testmod(reporting).failed == 0
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_marian
 
 from hf_gradinit import get_initializer
-from hf_gradinit.schemes import fairseq_init, xavier_init
+from hf_gradinit.methods.schemes import fairseq_init, xavier_init
 
 D = 128
 FFN = 2 * D  # conftest.tiny_marian's feed-forward width

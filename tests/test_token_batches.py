@@ -64,7 +64,7 @@ def test_gradinit_batches_from_the_trainers_data_are_token_bounded():
     from tokenizers import Tokenizer, models
     from transformers import DataCollatorWithPadding, PreTrainedTokenizerFast
 
-    from hf_gradinit.trainer import _ShardedBatches
+    from hf_gradinit.trainer.callback import _ShardedBatches
 
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "a": 1}, "a")),
                                   pad_token="<pad>")  # fmt: skip

@@ -152,13 +152,40 @@ class DoubledLossTrainer(Seq2SeqTrainer):
 
 
 def test_callback_models_the_trainers_own_loss(tmp_path):
+    """Attached, the callback uses the Trainer's compute_loss (a subclass's override included);
+    unattached, it rebuilds the Trainer's default loss from the arguments (label smoothing)."""
+    from hf_gradinit.trainer import attach_trainer
+
     losses = {}
-    for cls in (Seq2SeqTrainer, DoubledLossTrainer):
+    for cls, attach in ((Seq2SeqTrainer, False), (Seq2SeqTrainer, True), (DoubledLossTrainer, True)):
         callback = GradInitCallback(quick(iters=1, gamma=1e6))
         args = training_args(tmp_path, max_steps=1, label_smoothing_factor=0.1)
-        cls(model=tiny_marian(seed=1), args=args, train_dataset=reversal_dataset(), callbacks=[callback]).train()
-        losses[cls] = callback.result.history[0]["loss"]
-    assert losses[DoubledLossTrainer] == pytest.approx(2 * losses[Seq2SeqTrainer], rel=1e-6)
+        trainer = cls(model=tiny_marian(seed=1), args=args, train_dataset=reversal_dataset(), callbacks=[callback])
+        if attach:
+            attach_trainer(trainer)
+        assert (callback.trainer is trainer) == attach
+        trainer.train()
+        losses[cls, attach] = callback.result.history[0]["loss"]
+    assert losses[Seq2SeqTrainer, False] == pytest.approx(losses[Seq2SeqTrainer, True], rel=1e-6)
+    assert losses[DoubledLossTrainer, True] == pytest.approx(2 * losses[Seq2SeqTrainer, True], rel=1e-6)
+
+
+def test_the_unattached_default_loss_is_the_trainers_compute_loss(tmp_path):
+    from hf_gradinit.trainer.callback import _args_loss_fn
+
+    model = tiny_marian(seed=1)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(40.0)  # peaked logits, where label smoothing matters
+    batch = {k: torch.stack([row[k] for row in reversal_dataset(1)]) for k in reversal_dataset(1)[0]}
+    args = training_args(tmp_path, label_smoothing_factor=0.1)
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=reversal_dataset())
+    model.eval()
+    ours = _args_loss_fn(args)(model, dict(batch))
+    theirs = trainer.compute_loss(model, dict(batch))
+    plain = model(**batch).loss
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-6)
+    assert abs(float(ours) - float(plain)) > 1e-3 * float(plain)  # the smoothing is really in it
+    assert _args_loss_fn(training_args(tmp_path)) is None  # no smoothing: the model's own loss
 
 
 def test_callback_reaches_tensorboard(tmp_path, monkeypatch):
@@ -167,9 +194,9 @@ def test_callback_reaches_tensorboard(tmp_path, monkeypatch):
 
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
     args = training_args(tmp_path, report_to=["tensorboard"], max_steps=1)
-    Seq2SeqTrainer(
-        model=tiny_marian(seed=2), args=args, train_dataset=reversal_dataset(), callbacks=[GradInitCallback(quick())]
-    ).train()
+    trainer = Seq2SeqTrainer(model=tiny_marian(seed=2), args=args, train_dataset=reversal_dataset())
+    GradInitCallback(quick()).attach(trainer)  # trainer.log() is what reaches report_to
+    trainer.train()
     events = glob.glob(str(tmp_path / "tb" / "**" / "events.out.tfevents.*"), recursive=True)
     assert events
     tags = set()
@@ -226,7 +253,7 @@ def test_plain_cnn_module_with_trainer(tmp_path):
 def test_callback_refuses_deepspeed_and_fsdp(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from hf_gradinit.trainer import _refuse_sharded
+    from hf_gradinit.trainer.callback import _refuse_sharded
 
     args = training_args(tmp_path)
     _refuse_sharded(args, torch.nn.Linear(2, 2))  # plain DDP / single process: fine

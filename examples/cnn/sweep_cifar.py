@@ -27,9 +27,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE.parent / "common"))  # reporting, shared by the examples
+
+from reporting import mean_std, run_recorded, run_sweep, sweep_parser  # noqa: E402
 
 from hf_gradinit import available_initializers  # noqa: E402
-from hf_gradinit.reporting import mean_std, run_recorded, run_sweep, sweep_parser  # noqa: E402
 
 KEPT = ("acc1", "acc_best", "acc_final", "accuracy_curve", "train_loss", "train_runtime", "init_seconds",
         "init_fraction_of_train_runtime", "parameters", "train_samples", "test_samples", "machine")  # fmt: skip

@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, Any
 from transformers import HfArgumentParser, TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # reporting, shared by the examples
 
-from hf_gradinit.arguments import InitArguments, parse_before_training_args
+from hf_gradinit.trainer.arguments import InitArguments, parse_before_training_args
 
 if TYPE_CHECKING:
     from cifar_data import CifarDataset
@@ -181,11 +182,11 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
     import numpy as np
     from cifar_models import build_model
     from cifar_trainer import CifarTrainer
+    from reporting import machine_description
     from transformers import set_seed
 
     from hf_gradinit import trainer_init_kwargs
-    from hf_gradinit.reporting import machine_description
-    from hf_gradinit.trainer import initializer_result, initializer_timing
+    from hf_gradinit.trainer import attach_trainer, initializer_result, initializer_timing
 
     set_seed(training_args.seed)
     train_ds, test_ds, classes = load_data(data_args)
@@ -213,12 +214,15 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
         logits, labels = eval_pred
         return {"accuracy": float(100.0 * (np.argmax(logits, axis=-1) == labels).mean())}
 
-    trainer = CifarTrainer(
-        args=training_args,
-        train_dataset=train_ds,
-        eval_dataset=test_ds,
-        compute_metrics=compute_metrics,
-        **trainer_init_kwargs(init_args, training_args, model=model),
+    # attach_trainer: the initialiser then uses this Trainer's loss and logs through it (report_to).
+    trainer = attach_trainer(
+        CifarTrainer(
+            args=training_args,
+            train_dataset=train_ds,
+            eval_dataset=test_ds,
+            compute_metrics=compute_metrics,
+            **trainer_init_kwargs(init_args, training_args, model=model),
+        )
     )
     train_result = trainer.train()
     history = trainer.state.log_history

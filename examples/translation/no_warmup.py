@@ -42,8 +42,9 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE.parent / "common"))  # reporting, shared by the examples
 
-from hf_gradinit.reporting import mean_std, run_recorded, run_sweep, sweep_parser  # noqa: E402
+from reporting import mean_std, run_recorded, run_sweep, sweep_parser  # noqa: E402
 
 BASES = ("model", "fairseq", "xavier")
 

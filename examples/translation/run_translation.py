@@ -53,12 +53,13 @@ from typing import Any
 # imported when the run starts.
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
-from hf_gradinit.arguments import InitArguments, parse_before_training_args
+from hf_gradinit.trainer.arguments import InitArguments, parse_before_training_args
 
 logger = logging.getLogger("run_translation")
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # builtin_data, translation_trainer
+sys.path.insert(0, str(HERE.parent / "common"))  # reporting, shared by the examples
 SHIPPED_CONFIGS = {p.stem: p for p in sorted((HERE / "configs").glob("*.json"))}
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 
@@ -438,13 +439,13 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
     validate(model_args, data_args, training_args, init_args, recipe_args)  # before the slow imports
 
     import numpy as np
+    from reporting import machine_description
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, MarianMTModel, set_seed
     from translation_trainer import FirstStepReporter, TranslationTrainer, diagnostic_batch
 
     from hf_gradinit import trainer_init_kwargs
-    from hf_gradinit.reporting import machine_description
-    from hf_gradinit.schemes import fairseq_init, xavier_init
-    from hf_gradinit.trainer import initializer_timing
+    from hf_gradinit.methods.schemes import fairseq_init, xavier_init
+    from hf_gradinit.trainer import attach_trainer, initializer_timing
 
     set_seed(training_args.seed)
     raw = load_raw_datasets(data_args, training_args.seed)
@@ -529,16 +530,19 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
         )
         reporter.base(model)
         init_kwargs["callbacks"].append(reporter)  # after the initialiser's callback
-    trainer = TranslationTrainer(
-        max_tokens=recipe_args.max_tokens,
-        schedule_steps=recipe_args.schedule_steps,
-        args=training_args,
-        train_dataset=tokenized.get("train") if training_args.do_train else None,
-        eval_dataset=tokenized.get("validation") if training_args.do_eval else None,
-        processing_class=tokenizer,
-        data_collator=collator,
-        compute_metrics=compute_metrics if training_args.predict_with_generate else None,
-        **init_kwargs,
+    # attach_trainer: GradInit then uses this Trainer's loss and logs through it (report_to).
+    trainer = attach_trainer(
+        TranslationTrainer(
+            max_tokens=recipe_args.max_tokens,
+            schedule_steps=recipe_args.schedule_steps,
+            args=training_args,
+            train_dataset=tokenized.get("train") if training_args.do_train else None,
+            eval_dataset=tokenized.get("validation") if training_args.do_eval else None,
+            processing_class=tokenizer,
+            data_collator=collator,
+            compute_metrics=compute_metrics if training_args.predict_with_generate else None,
+            **init_kwargs,
+        )
     )
 
     results: dict[str, Any] = {

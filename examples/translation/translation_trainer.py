@@ -11,7 +11,7 @@ from typing import Any
 from transformers import Seq2SeqTrainer, TrainerCallback
 
 from hf_gradinit.token_batches import TokenBatchSampler, dataset_lengths, token_batches
-from hf_gradinit.training_target import target_for_optim
+from hf_gradinit.trainer.training_target import target_for_optim
 
 logger = logging.getLogger("run_translation")
 

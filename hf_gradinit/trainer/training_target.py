@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from .config import GradInitConfig
-from .errors import GradInitError
+from ..errors import GradInitError
+from ..methods.gradinit.config import GradInitConfig
 
 if TYPE_CHECKING:
     from transformers import TrainingArguments

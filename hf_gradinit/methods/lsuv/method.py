@@ -36,263 +36,24 @@ paper's Caffe setup and PyPI's ``lsuv`` package do.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
-import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .batches import Batch, LossFn, call_model
-from .config import checked_count, checked_exclude, checked_seed
-from .driver import DataDrivenInitializer, run
-from .errors import GradInitError
-from .initializers import register_initializer
-from .model_state import PreparedModel
-from .scales import ParamInfo, excluded, trainable_parameters
+from ...batches import Batch, LossFn, call_model
+from ...driver import DataDrivenInitializer, run
+from ...errors import GradInitError
+from ...model_state import PreparedModel
+from ...scales import ParamInfo, excluded, trainable_parameters
+from .config import LSUVConfig
+from .result import LSUVResult
 
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-_DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def _is_hf_conv1d(module: nn.Module) -> bool:
-    # Matched by class rather than imported: importing transformers would make
-    # `import hf_gradinit` slow for plain PyTorch users.
-    return any(c.__name__ == "Conv1D" and c.__module__.startswith("transformers") for c in type(module).__mro__)
-
-
-@dataclass
-class LSUVConfig:
-    """Settings of :func:`lsuv` (the defaults are the paper's).
-
-    Args:
-        orthonormal: Orthonormal pre-initialisation of every processed weight (and zero
-            biases) before the sequential pass. ``False`` keeps the model's own weights and
-            only rescales them.
-        target_std: The output standard deviation each layer is brought to (paper: 1).
-        tol: Accepted distance of the output standard deviation from ``target_std``
-            (paper: 0.1).
-        max_tries: Most corrections per layer (paper: 10); a layer that does not reach the
-            tolerance by then keeps its last weight and is reported as not converged.
-        layer_types: Module classes that count as layers; ``None`` means ``nn.Linear``,
-            ``nn.Conv1d/2d/3d`` and transformers' ``Conv1D``.
-        exclude: Regular expressions of weight names (``"lm_head.weight"``...) never to
-            process; their layers keep their weights.
-        seed: Seed of the orthonormal draws and of torch's generators during the run; the
-            caller's RNG state is restored afterwards. ``None`` (the default) derives it from
-            the model's own weights, so models built with different seeds get different
-            orthonormal matrices (a comparison over seeds then varies the initialisation, as it
-            should) while the same model always gets the same ones. Give an int to fix the draws
-            whatever the model holds.
-        show_progress: Show a tqdm progress bar over the layers.
-
-    Example:
-        >>> from hf_gradinit import LSUVConfig
-        >>> LSUVConfig(tol=0.05).to_dict()["tol"]
-        0.05
-    """
-
-    orthonormal: bool = True
-    target_std: float = 1.0
-    tol: float = 0.1
-    max_tries: int = 10
-    layer_types: tuple[type[nn.Module], ...] | None = None
-    exclude: tuple[str, ...] = field(default_factory=tuple)
-    seed: int | None = None
-    show_progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.seed = checked_seed("LSUVConfig", self.seed, allow_none=True)
-        self.exclude = checked_exclude("LSUVConfig", self.exclude)
-        if self.layer_types is not None:
-            types = (self.layer_types,) if isinstance(self.layer_types, type) else tuple(self.layer_types)
-            if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
-                raise ValueError(f"LSUVConfig.layer_types must be nn.Module subclasses, got {self.layer_types!r}.")
-            self.layer_types = types
-        if not (isinstance(self.target_std, (int, float)) and math.isfinite(self.target_std) and self.target_std > 0):
-            raise ValueError(f"LSUVConfig.target_std must be a finite number > 0, got {self.target_std!r}.")
-        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
-            raise ValueError(f"LSUVConfig.tol must be a finite number > 0, got {self.tol!r}.")
-        self.max_tries = checked_count("LSUVConfig", "max_tries", self.max_tries)
-        for pattern in self.exclude:
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise ValueError(f"LSUVConfig.exclude has an invalid regular expression {pattern!r}: {err}") from err
-
-    def is_layer(self, module: nn.Module) -> bool:
-        """Whether ``module`` counts as a layer."""
-        if self.layer_types is not None:
-            return isinstance(module, self.layer_types)
-        return isinstance(module, _DEFAULT_LAYER_TYPES) or _is_hf_conv1d(module)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as plain JSON-able values (layer types by qualified class name)."""
-        out = dataclasses.asdict(self)
-        out["exclude"] = list(self.exclude)
-        if self.layer_types is not None:
-            out["layer_types"] = [f"{t.__module__}.{t.__qualname__}" for t in self.layer_types]
-        return out
-
-
-@dataclass
-class LSUVResult:
-    """The outcome of :func:`lsuv`.
-
-    LSUV changes the *directions* of weights (orthonormal pre-initialisation), not only
-    their norms, so a result cannot be re-applied as scales: it carries the final value of
-    every tensor LSUV wrote (``tensors``: processed weights, and the biases the
-    pre-initialisation zeroed), and :meth:`apply` copies them into a freshly built model
-    bit for bit. :meth:`save` writes them next to the JSON as safetensors.
-
-    Attributes:
-        layers: One record per processed layer, in execution order: ``layer`` (module name),
-            ``weight`` (parameter name), ``index`` (position among the layers the forward
-            pass ran), ``std_init`` (output std of the untouched model), ``std_before``
-            (at its turn, after pre-initialisation and the layers before it), ``tries``
-            (corrections made), ``scale`` (product of the corrections), ``std_after``
-            (output std of the finished model) and ``converged`` (within ``tol`` at the end of its
-            turn).
-        skipped: Layers not processed, by module name, and why.
-        tensors: Final values of the tensors LSUV wrote, by parameter name (CPU tensors).
-        config: The settings the run used.
-        timings: ``total_s`` and ``forward_passes``.
-    """
-
-    layers: list[dict[str, Any]]
-    skipped: dict[str, str] = field(default_factory=dict)
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    config: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @torch.no_grad()
-    def apply(self, model: nn.Module) -> nn.Module:
-        """Write the saved final tensors into ``model`` (built with the same architecture).
-
-        Every name and shape is checked before anything is written.
-        """
-        params = dict(model.named_parameters(remove_duplicate=False))
-        missing = [n for n in self.tensors if n not in params]
-        if missing:
-            raise KeyError(
-                f"{len(missing)} tensor(s) of the LSUV result are not parameters of {type(model).__name__}"
-                f" (first: {missing[0]!r}); build the model with the architecture LSUV ran on."
-            )
-        wrong = [n for n, t in self.tensors.items() if tuple(params[n].shape) != tuple(t.shape)]
-        if wrong:
-            raise ValueError(
-                f"Shape mismatch for {wrong[0]!r}: the model has {tuple(params[wrong[0]].shape)}, the LSUV"
-                f" result {tuple(self.tensors[wrong[0]].shape)}."
-            )
-        for name, value in self.tensors.items():
-            params[name].copy_(value)
-        return model
-
-    def metrics(self, prefix: str = "lsuv/") -> dict[str, float]:
-        """A flat dict of summary figures, for logging to a tracker."""
-        after = [r["std_after"] for r in self.layers]
-        scales = [r["scale"] for r in self.layers]
-        out = {
-            "layers": float(len(self.layers)),
-            "skipped": float(len(self.skipped)),
-            "not_converged": float(sum(not r["converged"] for r in self.layers)),
-            "tries": float(sum(r["tries"] for r in self.layers)),
-            "std_after_min": min(after, default=math.nan),
-            "std_after_max": max(after, default=math.nan),
-            "scale_min": min(scales, default=math.nan),
-            "scale_max": max(scales, default=math.nan),
-            "seconds": float(self.timings.get("total_s", math.nan)),
-        }
-        return {f"{prefix}{k}": float(v) for k, v in out.items()}
-
-    def summary(self, max_rows: int | None = 40) -> str:
-        """A plain-text table of the processed layers, in execution order."""
-        shown = self.layers if max_rows is None else self.layers[:max_rows]
-        width = max([len("layer")] + [len(r["layer"]) for r in shown])
-        lines = [
-            f"LSUV: {len(self.layers)} layers processed in {self.timings.get('total_s', math.nan):.1f}s,"
-            f" {sum(not r['converged'] for r in self.layers)} not converged, {len(self.skipped)} skipped",
-            f"{'#':>4}  {'layer':<{width}}  {'std init':>9}  {'before':>9}  {'tries':>5}  {'scale':>9}  {'after':>9}",
-        ]
-        for r in shown:
-            lines.append(
-                f"{r['index']:>4}  {r['layer']:<{width}}  {r['std_init']:>9.4g}  {r['std_before']:>9.4g}"
-                f"  {r['tries']:>5}  {r['scale']:>9.4g}  {r['std_after']:>9.4g}" + ("" if r["converged"] else "  !")
-            )
-        if len(shown) < len(self.layers):
-            lines.append(f"... {len(self.layers) - len(shown)} more (summary(max_rows=None) lists all)")
-        reasons: dict[str, int] = {}
-        for why in self.skipped.values():
-            reasons[why.split(":")[0]] = reasons.get(why.split(":")[0], 0) + 1
-        for why, count in sorted(reasons.items()):
-            lines.append(f"skipped: {count} x {why}")
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.summary(max_rows=10)
-
-    def save(self, path: str | Path) -> Path:
-        """Write the figures as JSON at ``path`` and the tensors next to it (same name,
-        suffix ``.safetensors``)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        weights = _weights_path(path)
-        data = {
-            "format_version": FORMAT_VERSION,
-            "initializer": "lsuv",
-            "layers": self.layers,
-            "skipped": self.skipped,
-            "config": self.config,
-            "timings": self.timings,
-            "tensors_file": weights.name,
-            "tensor_names": sorted(self.tensors),
-        }
-        tmp = weights.with_name(weights.name + ".tmp")
-        save_file({n: t.detach().cpu().contiguous() for n, t in self.tensors.items()}, str(tmp))
-        tmp.replace(weights)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, allow_nan=True))
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> LSUVResult:
-        """Read a result written by :meth:`save` (the JSON and its tensors file)."""
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"Cannot read an LSUV result from {str(path)!r}: {err}") from err
-        if data.get("format_version") != FORMAT_VERSION or data.get("initializer") != "lsuv":
-            raise ValueError(f"{str(path)!r} is not an LSUV result of format {FORMAT_VERSION}.")
-        weights = path.with_name(data["tensors_file"])
-        try:
-            tensors = load_file(str(weights))
-        except Exception as err:  # safetensors raises its own error types
-            raise ValueError(
-                f"Cannot read the tensors of the LSUV result {str(path)!r} from {str(weights)!r}: {err}"
-            ) from err
-        if sorted(tensors) != data["tensor_names"]:
-            raise ValueError(f"{str(weights)!r} does not hold the tensors {str(path)!r} lists.")
-        return cls(
-            layers=data["layers"],
-            skipped=data["skipped"],
-            tensors=tensors,
-            config=data["config"],
-            timings=data["timings"],
-        )
 
 
 def seed_from_weights(model: nn.Module) -> int:
@@ -305,10 +66,6 @@ def seed_from_weights(model: nn.Module) -> int:
         for p in model.parameters():
             digest.update(p.detach().reshape(-1)[:64].to("cpu", torch.float64).numpy().tobytes())
     return int.from_bytes(digest.digest()[:8], "little") >> 1
-
-
-def _weights_path(path: Path) -> Path:
-    return path.with_suffix(".safetensors") if path.suffix == ".json" else path.with_name(path.name + ".safetensors")
 
 
 class _StopForward(BaseException):
@@ -729,20 +486,3 @@ def _reasons(skipped: dict[str, str]) -> str:
         return "no layer ran on the batch"
     first = next(iter(skipped.items()))
     return f"{len(skipped)} layer(s) skipped (first: {first[0]!r}: {first[1]})"
-
-
-def _load(path: str) -> LSUVResult:
-    return LSUVResult.load(path)
-
-
-def _reapply(model: nn.Module, result: LSUVResult, **options: Any) -> nn.Module:
-    return result.apply(model)
-
-
-register_initializer(
-    "lsuv",
-    config_class=LSUVConfig,
-    load_result=_load,
-    reapply=_reapply,
-    description="LSUV (Mishkin & Matas, 2016): orthonormal init, then unit output variance layer by layer",
-)(lsuv)

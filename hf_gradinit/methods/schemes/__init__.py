@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from .initializers import register_initializer
+from ...registry import register_initializer
 
 _QKV_SUFFIXES = ("q_proj", "k_proj", "v_proj", "query", "key", "value")
 _ATTN_OUT_SUFFIXES = ("out_proj",)

@@ -23,9 +23,6 @@ from typing import Any, Protocol
 from torch import nn
 
 from .batches import Batch, LossFn
-from .config import GradInitConfig
-from .engine import gradinit
-from .result import GradInitResult
 
 
 class Initializer(Protocol):
@@ -130,16 +127,3 @@ class RegisteredNames:
 @register_initializer("default", needs_data=False, description="the model's own initialisation, unchanged")
 def _default(model, data, config, *, loss_fn=None, distributed=None):
     return None
-
-
-register_initializer(
-    "gradinit",
-    config_class=GradInitConfig,
-    load_result=GradInitResult.load,
-    reapply=lambda model, result, **options: result.apply(model, **options),
-    description="GradInit (Zhu et al., 2021): learned per-tensor scales for one step of your optimizer",
-)(gradinit)
-
-
-# Registers the fixed schemes; at the bottom because they use register_initializer.
-from . import schemes  # noqa: E402, F401

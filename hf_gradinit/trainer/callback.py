@@ -18,14 +18,11 @@ routes read them from ``TrainingArguments`` (``learning_rate``, ``optim``).
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import json
 import logging
 import math
 import os
-import sys
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -33,14 +30,14 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .batches import Batch, LossFn
-from .config import GradInitConfig
-from .distributed import Collective, world_size
-from .errors import GradInitError
-from .initializers import InitializerSpec, get_initializer
-from .model_state import model_device
-from .token_batches import dataset_lengths, token_batches
-from .training_target import config_for_training, target_for_optim  # noqa: F401  (kept importable from here)
+from ..batches import Batch, LossFn
+from ..distributed import Collective, world_size
+from ..errors import GradInitError
+from ..methods.gradinit.config import GradInitConfig
+from ..model_state import model_device
+from ..registry import InitializerSpec, get_initializer
+from ..token_batches import dataset_lengths, token_batches
+from .training_target import config_for_training
 
 logger = logging.getLogger(__name__)
 
@@ -85,23 +82,28 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return extract_model_from_parallel(model)
 
 
-def _calling_trainer() -> Trainer | None:
-    """The Trainer whose training loop is calling this callback event, if any.
+def _args_loss_fn(args: TrainingArguments) -> LossFn | None:
+    """The loss ``Trainer.compute_loss`` computes by default, rebuilt from ``args``: the model's
+    own loss, or with ``label_smoothing_factor`` the Trainer's ``LabelSmoother`` on its logits
+    (labels shifted for causal LMs, as the Trainer does). ``None`` means the model's own loss."""
+    epsilon = float(getattr(args, "label_smoothing_factor", 0.0) or 0.0)
+    if epsilon == 0.0:
+        return None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.trainer_pt_utils import LabelSmoother
 
-    Callbacks receive the model, optimizer and dataloaders but not the Trainer, whose
-    ``log()`` is what reaches ``log_history`` and the ``report_to`` integrations, and whose
-    ``compute_loss`` is the training loss (label smoothing, custom subclasses). The event is
-    always dispatched from inside the Trainer's own methods, so it is found on the stack.
-    """
-    frame = sys._getframe(1)
-    for _ in range(12):
-        if frame is None:
-            return None
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, Trainer):
-            return candidate
-        frame = frame.f_back
-    return None
+    smoother = LabelSmoother(epsilon=epsilon)
+
+    def loss_fn(model: nn.Module, batch: Batch) -> torch.Tensor:
+        inputs = dict(batch)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            return model(**inputs)["loss"]
+        outputs = model(**inputs)
+        causal = model._get_name() in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+        return smoother(outputs, labels, shift_labels=causal)
+
+    return loss_fn
 
 
 def _trainer_loss_fn(trainer: Trainer) -> LossFn:
@@ -195,8 +197,15 @@ class InitializerCallback(TrainerCallback):
         config: Its settings. For GradInit, ``eta`` and ``target`` left unset are read from the
             ``TrainingArguments`` (``learning_rate``, ``optim``), so GradInit models the
             optimizer you actually train with.
-        loss_fn: ``loss_fn(model, batch)``; by default the Trainer's own ``compute_loss``
-            (which applies label smoothing and any override in a Trainer subclass).
+        loss_fn: ``loss_fn(model, batch)``. By default: with ``trainer`` (or after
+            :meth:`attach`), that Trainer's own ``compute_loss`` (a subclass's override and
+            ``compute_loss_func`` included); without one, the loss the Trainer computes by
+            default, rebuilt from the ``TrainingArguments`` (the model's loss, label-smoothed by
+            ``label_smoothing_factor``).
+        trainer: The Trainer this callback runs in, for its ``compute_loss`` and for ``log()``,
+            which reaches the ``report_to`` integrations; without it the figures go to
+            ``state.log_history`` (``trainer_state.json``) and the log. Callbacks are not handed
+            their Trainer, so give it here or with :meth:`attach` once the Trainer exists.
         batch_size: Batch size of the initialiser's batches; default 1.5x the per-device
             training batch (see :func:`gradinit_batch_size`).
         max_tokens: Token-bounded batches instead (fairseq's ``--max-tokens``; the paper's
@@ -223,6 +232,7 @@ class InitializerCallback(TrainerCallback):
         save_path: str | os.PathLike | None = None,
         result_file: str | os.PathLike | None = None,
         allow_partial: bool = False,
+        trainer: Trainer | None = None,
     ):
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive number of tokens, got {max_tokens!r}.")
@@ -235,8 +245,18 @@ class InitializerCallback(TrainerCallback):
         self.save_path = save_path
         self.result_file = result_file
         self.result: Any = None
+        self.trainer = trainer
         # A weak reference, not id(): a new model may reuse a collected one's id.
         self._done_for: weakref.ref[nn.Module] | None = None
+
+    def attach(self, trainer: Trainer) -> Trainer:
+        """Bind ``trainer`` (its ``compute_loss`` and ``log()``), adding this callback to it if it
+        is not there yet; returns the trainer. ``attach_trainer`` does it for every initialiser
+        callback a Trainer holds."""
+        self.trainer = trainer
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
+        return trainer
 
     def on_train_begin(
         self,
@@ -256,7 +276,7 @@ class InitializerCallback(TrainerCallback):
             return
         if (self._done_for is not None and self._done_for() is core) or self.spec.name == "default":
             return
-        trainer = _calling_trainer()
+        trainer = self.trainer
         _refuse_sharded(args, model, trainer)
         config = self._config(args, state)
         if self.result_file is not None:
@@ -277,7 +297,7 @@ class InitializerCallback(TrainerCallback):
                     num_workers=args.dataloader_num_workers,
                     max_tokens=self.max_tokens,
                 )
-            loss_fn = self.loss_fn or (_trainer_loss_fn(trainer) if trainer is not None else None)
+            loss_fn = self.loss_fn or (_trainer_loss_fn(trainer) if trainer is not None else _args_loss_fn(args))
             self.result = self.spec.fn(core, data, config, loss_fn=loss_fn, distributed=None)
             if self.save_path is not None and self.result is not None and state.is_world_process_zero:
                 self.result.save(self.save_path)
@@ -310,6 +330,21 @@ class InitializerCallback(TrainerCallback):
             trainer.log(metrics)
         else:  # driven outside a Trainer: keep the figures where the Trainer would
             state.log_history.append({**metrics, "step": state.global_step})
+
+
+def attach_trainer(trainer: Trainer) -> Trainer:
+    """Bind ``trainer`` to every initialiser callback it holds (see
+    :meth:`InitializerCallback.attach`): for scripts that build their callbacks with
+    :func:`~hf_gradinit.trainer_init_kwargs` before the Trainer exists.
+
+    Example::
+
+        trainer = attach_trainer(Seq2SeqTrainer(args=args, **trainer_init_kwargs(init_args, args, model=model)))
+    """
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, InitializerCallback):
+            callback.trainer = trainer
+    return trainer
 
 
 def initializer_result(trainer: Trainer) -> Any:
@@ -346,149 +381,3 @@ class GradInitCallback(InitializerCallback):
 
     def __init__(self, config: GradInitConfig | None = None, **kwargs: Any):
         super().__init__("gradinit", config, **kwargs)
-
-
-def _trial_params(trial: Any) -> dict[str, Any]:
-    if trial is None:
-        return {}
-    if hasattr(trial, "params"):  # optuna
-        return dict(trial.params)
-    try:
-        return dict(trial)
-    except (TypeError, ValueError):
-        return {}
-
-
-class _ModelInit:
-    """The callable :func:`make_model_init` returns (documented there)."""
-
-    def __init__(self, build, data, name, config, training_args, loss_fn, result_file, save_path, device):
-        self.build = build
-        self.data = data
-        self.spec = get_initializer(name)
-        self.config = config
-        self.training_args = training_args
-        self.loss_fn = loss_fn
-        self.result_file = result_file
-        self.save_path = save_path
-        self.device = device
-        self.results: dict[str, Any] = {}
-        self.computed = 0  # how many times the initialiser actually ran
-        self._build_takes_trial = len(inspect.signature(build).parameters) > 0
-
-    def __call__(self, trial: Any = None) -> nn.Module:
-        model = self.build(trial) if self._build_takes_trial else self.build()
-        if self.spec.name == "default":
-            return model
-        resume = getattr(self.training_args, "resume_from_checkpoint", None)
-        if resume:
-            # The Trainer loads the checkpoint over whatever model_init returns, and the
-            # checkpoint already holds the initialised weights: computing them again is waste.
-            logger.info("resume_from_checkpoint=%s: %s skipped (the checkpoint holds the initialised weights).",
-                        resume, self.spec.name)  # fmt: skip
-            return model
-        config = self._config(trial)
-        key = json.dumps({"init": self.spec.name, "config": _jsonable(config)}, sort_keys=True)
-        if key not in self.results and self.result_file is not None:
-            self.results[key] = self.spec.load_result(str(self.result_file))
-        if key in self.results and self.spec.reapply is not None:
-            self.spec.reapply(model, self.results[key])
-            return model
-        device = self.device if self.device is not None else getattr(self.training_args, "device", None)
-        if device is not None:
-            model.to(device)
-        data = self.data() if callable(self.data) else self.data
-        result = self.spec.fn(model, data, config, loss_fn=self.loss_fn, distributed=False)
-        self.computed += 1
-        self.results[key] = result
-        if self.save_path is not None and result is not None and getattr(self.training_args, "process_index", 0) == 0:
-            result.save(self.save_path)
-        return model
-
-    def _config(self, trial: Any) -> Any:
-        if self.spec.config_class is not GradInitConfig:
-            return self.config
-        params = _trial_params(trial)
-        overrides = {k: params[k] for k in ("learning_rate", "optim") if k in params}
-        config = config_for_training(self.config, self.training_args, **overrides)
-        if config.eta is None:
-            raise GradInitError(
-                "GradInit needs the learning rate you will train with: pass training_args= to"
-                " make_model_init, or set GradInitConfig(eta=...)."
-            )
-        return config
-
-
-def _jsonable(config: Any) -> Any:
-    if config is None:
-        return None
-    if hasattr(config, "to_dict"):
-        return config.to_dict()
-    if dataclasses.is_dataclass(config):
-        return dataclasses.asdict(config)
-    return repr(config)
-
-
-def make_model_init(
-    build: Callable[[], nn.Module] | Callable[[Any], nn.Module],
-    data: Iterable[Batch] | Callable[[], Iterable[Batch]] | None,
-    config: Any = None,
-    *,
-    initializer: str = "gradinit",
-    training_args: TrainingArguments | None = None,
-    loss_fn: LossFn | None = None,
-    result_file: str | os.PathLike | None = None,
-    save_path: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-) -> Callable[..., nn.Module]:
-    """A ``model_init`` for ``Trainer(model_init=...)`` that builds and initialises a model.
-
-    The Trainer calls ``model_init`` twice per run (in ``__init__`` and in ``train()``) and
-    once per trial of ``hyperparameter_search``, always after seeding, and hands it no data.
-    So the data comes from here, and the initialiser runs once per setting: later calls
-    build a fresh model (the same seed gives the same weights) and re-apply the learned
-    scales, which reproduces the initialised weights bit for bit. When
-    ``training_args.resume_from_checkpoint`` is set (as the 🤗 example scripts do before
-    ``trainer.train(resume_from_checkpoint=...)``), the initialiser is skipped: the checkpoint
-    the Trainer loads already holds the initialised weights. A script that passes the
-    checkpoint to ``train()`` only should set that field too. A trial that changes
-    ``learning_rate`` or ``optim`` gets a GradInit of its own, for its own optimizer.
-
-    Args:
-        build: Returns a freshly initialised model; may take the trial as its one argument.
-        data: Batches (a DataLoader, a list of dicts) or a function returning them; called
-            only when the initialiser actually runs.
-        config: The initialiser's settings; for GradInit, ``eta`` and ``target`` left unset
-            come from ``training_args`` or the trial.
-        initializer: A registered name (``"gradinit"``, ``"default"``, ...).
-        training_args: The run's ``TrainingArguments`` (learning rate, optimizer, device).
-        loss_fn: ``loss_fn(model, batch)``; default: the model output's ``.loss``.
-        result_file: Re-apply this saved result instead of computing one.
-        save_path: Save the computed result there.
-        device: Where to run the initialiser (default ``training_args.device``); the model
-            is returned there.
-
-    Returns:
-        ``model_init(trial=None) -> nn.Module``. Its ``computed`` attribute counts the
-        initialiser's actual runs.
-
-    Example::
-
-        from hf_gradinit import make_model_init
-
-        model_init = make_model_init(
-            lambda: MarianMTModel(config),                 # seeded by the Trainer
-            DataLoader(train_ds, batch_size=96, shuffle=True, collate_fn=collator),
-            training_args=args,                            # lr and optim GradInit models
-        )
-        trainer = Seq2SeqTrainer(model_init=model_init, args=args, train_dataset=train_ds,
-                                 data_collator=collator)
-        trainer.train()                                    # GradInit ran once, not twice
-    """
-    spec = get_initializer(initializer)
-    if spec.needs_data and data is None and result_file is None:
-        raise GradInitError(
-            f"{initializer} needs data: pass batches (or a function returning them), since the Trainer"
-            " gives model_init none."
-        )
-    return _ModelInit(build, data, initializer, config, training_args, loss_fn, result_file, save_path, device)

@@ -23,12 +23,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .batches import Batch
-from .config import FD_SCHEMES, HVP_MODES, TARGETS, TIED_LOOKAHEADS, GradInitConfig
-from .errors import GradInitError
-from .initializers import RegisteredNames, get_initializer
-from .lsuv import LSUVConfig
-from .metainit import MetaInitConfig
+from ..batches import Batch
+from ..config import FD_SCHEMES, HVP_MODES
+from ..errors import GradInitError
+from ..methods.gradinit.config import TARGETS, TIED_LOOKAHEADS, GradInitConfig
+from ..methods.lsuv.config import LSUVConfig
+from ..methods.metainit.config import MetaInitConfig
+from ..registry import RegisteredNames, get_initializer
 from .training_target import config_for_training
 
 if TYPE_CHECKING:
@@ -295,7 +296,8 @@ def trainer_init_kwargs(
     FSDP) it returns ``{"model_init": ...}``, learning once on ``data`` or on batches of
     ``train_dataset`` + ``data_collator``. ``callbacks`` are your own callbacks, kept.
     """
-    from .trainer import InitializerCallback, _ShardedBatches, _sharding, gradinit_batch_size, make_model_init
+    from .callback import InitializerCallback, _ShardedBatches, _sharding, gradinit_batch_size
+    from .model_init import make_model_init
 
     init_args.validate(training_args)
     callbacks = list(callbacks or [])

@@ -11,15 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import Batch, LossFn, split_batch
+from ...batches import Batch, LossFn, split_batch
+from ...driver import ScaleLearner, run
+from ...errors import GradInitError
+from ...functional import LossEvaluator, grad_norm
+from ...model_state import PreparedModel
+from ...scales import ParamInfo
 from .config import GradInitConfig
-from .driver import ScaleLearner, run
-from .errors import GradInitError
-from .model_state import PreparedModel
-from .objective import LossEvaluator, constraint_scale_gradient, grad_norm, objective_scale_gradient
+from .objective import constraint_scale_gradient, objective_scale_gradient
 from .result import GradInitResult
 from .scale_optimizer import ScaleAdam
-from .scales import ParamInfo
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .scales import apply_scales, excluded, trainable_parameters
+from ...scales import apply_scales, excluded, trainable_parameters
 
 FORMAT_VERSION = 1
+
+
 _KINDS = ("weight", "bias", "norm")
 
 

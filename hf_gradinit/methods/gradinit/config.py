@@ -1,0 +1,292 @@
+"""Configuration of a GradInit run."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ...config import FD_SCHEMES, HVP_MODES, FdScheme, HvpMode, checked_count, checked_exclude, checked_seed
+
+Target = Literal["sgd", "adam", "adamw"]
+
+
+TARGETS: tuple[str, ...] = ("sgd", "adam", "adamw")
+
+
+TiedLookahead = Literal["all", "input_only"]
+
+
+TIED_LOOKAHEADS: tuple[str, ...] = ("all", "input_only")
+
+
+# Reference settings of the authors' code, by the optimizer GradInit models. "sgd" is the
+# CIFAR recipe (normalised step, eta 0.1, gamma 1 on the 2-norm, 390 iterations, clip 1,
+# one second moment); "adam"/"adamw" is the IWSLT'14 Post-LN Transformer recipe (eta 1e-3,
+# gamma 1000 on the 1-norm, 780 iterations, scale lr 2.5e-3, betas (0.9, 0.98), no clip,
+# separate second moments for the two kinds of step).
+_SGD_DEFAULTS: dict[str, Any] = {
+    "eta": 0.1,
+    "normalize_step": True,
+    "gamma": 1.0,
+    "iters": 390,
+    "lr": 1e-2,
+    "betas": (0.9, 0.999),
+    "clip": 1.0,
+    "separate_second_moment": False,
+}
+
+
+_ADAM_DEFAULTS: dict[str, Any] = {
+    "eta": 1e-3,
+    "normalize_step": False,
+    "gamma": 1000.0,
+    "iters": 780,
+    "lr": 2.5e-3,
+    "betas": (0.9, 0.98),
+    "clip": 0.0,
+    "separate_second_moment": True,
+}
+
+
+_NUMBER_FIELDS = (
+    "eta", "gamma", "lr", "norm_lr", "eps", "clip", "min_scale", "max_scale", "bias_min_scale", "bias_max_scale",
+    "norm_min_scale", "norm_max_scale", "weight_decay", "overlap", "fd_eps",
+)  # fmt: skip
+
+
+@dataclass
+class GradInitConfig:
+    """Every setting of GradInit (Zhu et al., NeurIPS 2021).
+
+    GradInit learns one scale ``alpha_i`` per parameter tensor (``theta_i = alpha_i *
+    theta0_i``) so that one step of the optimizer you will train with, at the learning
+    rate you will train with, lowers the loss as much as possible::
+
+        minimise  L(S~; theta(alpha) - eta * A[g]) / eta,   g = grad L(S; theta(alpha))
+        s.t.      ||g||_p <= gamma,   min_scale <= alpha_i <= max_scale
+
+    Fields left at ``None`` take the reference value of the authors' code *for the chosen
+    target* when the run starts (see :meth:`resolve`): the CIFAR recipe for ``"sgd"`` and
+    the IWSLT'14 Post-LN Transformer recipe for ``"adam"`` / ``"adamw"``.
+
+    Args:
+        target: The optimizer you will train with: ``"sgd"`` (with or without momentum:
+            momentum does not change a first step), ``"adam"`` or ``"adamw"``; ``None`` means
+            ``"adam"`` (the Trainer integration fills it from ``--optim``). It sets the
+            virtual step ``A[g]``: ``g`` (or ``g / ||g||_2`` with ``normalize_step``) for
+            SGD, ``sign(g)`` for Adam (its first update, epsilon ignored), and the norm
+            of the constraint: ``p = 2`` for SGD, ``p = 1`` for Adam.
+        eta: The learning rate you will train with (paper: 0.1 for the CNNs, 1e-3 for
+            the Transformer, whose training lr was 5e-4).
+        normalize_step: SGD only: use the normalised step ``g / ||g||_2`` so the virtual
+            step has length exactly ``eta`` (reference CNN runs: ``True``).
+        gamma: Bound on ``||g||_p``; above it the iteration minimises the gradient norm
+            (a "constraint step") instead of the objective (paper: 1 for the CNNs with
+            the 2-norm, 1000 for the Transformer with the 1-norm).
+        iters: Number of GradInit iterations, one batch each (paper: 390 for the CNNs,
+            about an epoch; 780 for the Transformer).
+        lr: Learning rate of the scale optimizer, ``tau``; a scale moves by about ``tau``
+            per iteration (paper: 1e-3 to 1e-1 by CNN, 2.5e-3 for the Transformer).
+        norm_lr: Scale learning rate for normalisation-layer weights; ``None`` uses ``lr``.
+        betas: Adam betas of the scale optimizer.
+        eps: Adam epsilon of the scale optimizer.
+        clip: Each scalar's gradient is clipped to ``[-clip, clip]``; ``0`` turns it off.
+        separate_second_moment: Also keep separate second moments for objective and
+            constraint steps (the Transformer code does; the CNN code shares one). First
+            moments are always separate, as in both.
+        min_scale, max_scale: Bounds of weight scales (paper: 0.01 and none).
+        bias_min_scale, bias_max_scale: Bounds of bias scales (paper: 0 and none).
+        norm_min_scale, norm_max_scale: Bounds of normalisation-layer weight scales
+            (LayerNorm, BatchNorm, RMSNorm...; the Transformer code caps them at 100).
+        weight_decay: Weight decay of the training optimizer, modelled in the virtual
+            step: decoupled for ``"adamw"`` and ``"sgd"`` (``theta (1 - eta wd)``), coupled
+            inside the sign for ``"adam"`` (``sign(g + wd theta)``). The paper's runs
+            ignore it (0).
+        overlap: Fraction of samples the two minibatches share. Each batch is split by
+            samples into ``S`` (its first part) and ``S~`` (its last part), each of
+            ``len / (2 - overlap)`` samples: 0.5 (the paper's) splits a batch into thirds,
+            ``S`` = thirds 1-2, ``S~`` = thirds 2-3, as the Transformer code does.
+        hvp: How constraint steps get their Hessian-vector product: ``"exact"`` (double
+            backward, needs an attention kernel with a double backward: GradInit then
+            runs SDPA on its math kernel) or ``"finite_difference"`` (differences of
+            gradients, first order only, so any kernel works; see ``fd_scheme``).
+        fd_scheme: The finite difference: ``"forward"`` reuses the gradient the iteration
+            has already taken at ``theta``, so a constraint step costs one more gradient
+            evaluation, like an objective step; ``"central"`` takes two more for a
+            truncation error of order ``eps^2`` instead of ``eps``. Both stay close to the
+            exact product (the tests bound the gap); the authors' code uses the exact one.
+        fd_eps: Relative step of the finite-difference product; ``None`` picks it from the
+            precision of the parameters and the scheme (see
+            :func:`hf_gradinit.functional.fd_step_size`).
+        compile: Run the first-order gradient evaluations through ``torch.compile``. It
+            pays when the run is long enough to repay the compilation (tens of seconds) and
+            the model is small enough for kernel launches to matter (see
+            ``benchmarks/README.md``); exact Hessian-vector products stay eager.
+        exclude: Regular expressions of parameter names never to rescale (they still take
+            part in the virtual step and the gradient norm).
+        tied_lookahead: How the virtual step treats an output projection tied to an input
+            embedding (``model.get_output_embeddings()``). ``"all"`` (default): the one shared
+            tensor moves wherever it is used, as the real optimizer step moves it. ``"input_only"``:
+            what the authors' fairseq code does (its look-ahead replaces the embedding module's
+            weight, while the output projection keeps a reference to the unmoved one), so the
+            output projection reads ``theta(alpha)`` in the look-ahead loss; the scale gradient
+            sums both paths. An ablation, to compare with the reference.
+        seed: Seed of torch's generators during the run; the caller's RNG state is
+            restored afterwards.
+        show_progress: Show a tqdm progress bar.
+
+    Example:
+        >>> from hf_gradinit import GradInitConfig
+        >>> cfg = GradInitConfig(target="adam", eta=5e-4, iters=100)
+        >>> cfg.resolve().gamma
+        1000.0
+    """
+
+    target: Target | None = None
+    eta: float | None = None
+    normalize_step: bool | None = None
+    gamma: float | None = None
+    iters: int | None = None
+    lr: float | None = None
+    norm_lr: float | None = None
+    betas: tuple[float, float] | None = None
+    eps: float = 1e-8
+    clip: float | None = None
+    separate_second_moment: bool | None = None
+    min_scale: float = 0.01
+    max_scale: float | None = None
+    bias_min_scale: float = 0.0
+    bias_max_scale: float | None = None
+    norm_min_scale: float = 0.01
+    norm_max_scale: float | None = 100.0
+    weight_decay: float = 0.0
+    overlap: float = 0.5
+    hvp: HvpMode = "finite_difference"
+    fd_scheme: FdScheme = "forward"
+    fd_eps: float | None = None
+    compile: bool = False
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+    tied_lookahead: TiedLookahead = "all"
+    seed: int = 0
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        # Checks that do not depend on the target run at construction, so a typo fails
+        # where it was made; the rest run in resolve().
+        self.exclude = checked_exclude("GradInitConfig", self.exclude)
+        if self.iters is not None:
+            self.iters = checked_count("GradInitConfig", "iters", self.iters)
+        for name in _NUMBER_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"GradInitConfig.{name} must be a number, got {value!r} ({type(value).__name__}).")
+            setattr(self, name, float(value))
+        self.seed = checked_seed("GradInitConfig", self.seed)  # type: ignore[assignment]
+        if self.betas is not None:
+            self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        self._check()
+
+    @property
+    def norm_order(self) -> int:
+        """Order ``p`` of the gradient norm bounded by ``gamma``: 2 for SGD, 1 for Adam."""
+        return 2 if self.target == "sgd" else 1
+
+    def resolve(self) -> GradInitConfig:
+        """A copy with every ``None`` replaced by the reference value for the target."""
+        defaults = _SGD_DEFAULTS if self.target == "sgd" else _ADAM_DEFAULTS
+        values = {name: defaults[name] if getattr(self, name) is None else getattr(self, name) for name in defaults}
+        values["target"] = self.target or "adam"
+        if values["normalize_step"] and values["target"] != "sgd":
+            raise ValueError(
+                f"normalize_step=True is a setting of the SGD target, but target={values['target']!r}"
+                " (Adam's first step is already sign(g)). Drop normalize_step or use target='sgd'."
+            )
+        resolved = dataclasses.replace(self, **values)
+        if resolved.norm_lr is None:
+            resolved.norm_lr = resolved.lr
+        resolved._check()
+        return resolved
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able values."""
+        out = dataclasses.asdict(self)
+        out["betas"] = list(out["betas"]) if out["betas"] is not None else None
+        out["exclude"] = list(out["exclude"])
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GradInitConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown GradInitConfig fields {unknown}; valid fields: {sorted(known)}.")
+        values = dict(values)
+        if values.get("betas") is not None:
+            values["betas"] = tuple(values["betas"])
+        if values.get("exclude") is not None:
+            values["exclude"] = tuple(values["exclude"])
+        if "hvp" in values and "fd_scheme" not in values:
+            # Saved before fd_scheme existed: those runs took central differences.
+            values["fd_scheme"] = "central"
+        return cls(**values)
+
+    def _check(self) -> None:
+        def positive(name: str, value: float | None, allow_zero: bool = False) -> None:
+            if value is None:
+                return
+            ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+            if not ok:
+                bound = ">= 0" if allow_zero else "> 0"
+                raise ValueError(f"GradInitConfig.{name} must be a finite number {bound}, got {value!r}.")
+
+        if self.target is not None and self.target not in TARGETS:
+            raise ValueError(
+                f"GradInitConfig.target must be one of {list(TARGETS)}, got {self.target!r}"
+                " (SGD with momentum is 'sgd': momentum does not change a first step)."
+            )
+        if self.hvp not in HVP_MODES:
+            raise ValueError(f"GradInitConfig.hvp must be one of {list(HVP_MODES)}, got {self.hvp!r}.")
+        if self.tied_lookahead not in TIED_LOOKAHEADS:
+            raise ValueError(
+                f"GradInitConfig.tied_lookahead must be one of {list(TIED_LOOKAHEADS)}, got {self.tied_lookahead!r}."
+            )
+        if self.fd_scheme not in FD_SCHEMES:
+            raise ValueError(f"GradInitConfig.fd_scheme must be one of {list(FD_SCHEMES)}, got {self.fd_scheme!r}.")
+        for name in ("eta", "gamma", "lr", "norm_lr", "eps", "fd_eps"):
+            positive(name, getattr(self, name))
+        for name in ("clip", "weight_decay", "min_scale", "bias_min_scale", "norm_min_scale"):
+            positive(name, getattr(self, name), allow_zero=True)
+        if self.iters is not None and (not isinstance(self.iters, int) or self.iters < 1):
+            raise ValueError(f"GradInitConfig.iters must be an integer >= 1, got {self.iters!r}.")
+        if not 0.0 <= self.overlap <= 1.0:
+            raise ValueError(
+                f"GradInitConfig.overlap must lie in [0, 1] (0: disjoint halves, 0.5: the paper's"
+                f" overlapping thirds, 1: the same batch twice), got {self.overlap!r}."
+            )
+        if self.betas is not None and (len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas)):
+            raise ValueError(f"GradInitConfig.betas must be two numbers in [0, 1), got {self.betas!r}.")
+        for kind in ("", "bias_", "norm_"):
+            low, high = getattr(self, f"{kind}min_scale"), getattr(self, f"{kind}max_scale")
+            if high is not None and not (math.isfinite(high) and high > 0 and high >= low):
+                raise ValueError(
+                    f"GradInitConfig.{kind}max_scale={high!r} must be a finite number >= "
+                    f"{kind}min_scale={low!r} (or None for no upper bound)."
+                )
+        if self.weight_decay > 0 and self.eta is not None and self.eta * self.weight_decay >= 1:
+            raise ValueError(
+                f"eta * weight_decay = {self.eta * self.weight_decay:g} >= 1 would flip the sign of"
+                " every weight in the modelled step; check eta and weight_decay."
+            )
+        for pattern in self.exclude:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(
+                    f"GradInitConfig.exclude has an invalid regular expression {pattern!r}: {err}"
+                ) from err

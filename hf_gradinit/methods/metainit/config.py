@@ -1,0 +1,117 @@
+"""Settings of MetaInit: :class:`MetaInitConfig`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ...config import HVP_MODES, HvpMode, checked_count, checked_exclude, checked_seed
+
+
+@dataclass
+class MetaInitConfig:
+    """Settings of :func:`metainit` (defaults: the paper's, where it has one).
+
+    Args:
+        lr: Learning rate of the sign-SGD on the norms: an absolute change of a norm per
+            step (paper: 0.1, for CNNs whose weight norms are about 10 or more). Scale it to
+            your model's norms: a 32x32 matrix drawn from N(0, 0.02) has norm 0.64, and with
+            momentum 0.9 a norm can move by up to ``10 * lr`` per step.
+        momentum: Momentum of the sign-SGD (paper: 0.9).
+        steps: Number of steps, one batch each. Default 100, not the paper's 500 (a deviation,
+            for cost): a step costs about 13 training steps (a double backward through ``H g``),
+            so 500 steps would take about 15 minutes for a 0.65M-parameter CIFAR VGG on a
+            loaded 2-core CPU, and on that VGG the gradient quotient fell from 84 to about 12
+            by step 50-100 and stayed there to step 150 (``benchmarks/bench_metainit.py``).
+            Set 500 for the paper's setting.
+        eps: The ``eps`` of the gradient quotient's denominator (paper: 1e-5).
+        hvp: How ``Hg`` is formed, and what it costs. GQ must be differentiated with
+            respect to the norms *through* ``Hg``:
+
+            * ``"exact"``: ``Hg`` by double backward with its graph kept, so the step
+              differentiates a third-order graph (about 4-5 times the cost of a gradient
+              and its memory);
+            * ``"finite_difference"``: ``Hg ~ (g(theta + e g) - g(theta - e g)) / 2e`` from
+              two more gradients, their graphs kept; the step then needs only second-order
+              autograd (a double backward through the three gradients), for models with an
+              operation that lacks a third derivative. Its ``e`` is held constant.
+
+            Both need a double backward: a Hugging Face model's SDPA attention runs on its
+            math kernel during the run, as in GradInit's ``hvp="exact"``.
+        fd_eps: Relative step of the finite difference; ``None`` picks it from the dtype
+            (see :func:`hf_gradinit.functional.fd_step_size`).
+        random_inputs: Replace each batch by random data of the same structure (the
+            paper's setting; see the module docstring), drawn from ``seed``.
+        min_scale, max_scale: Bounds of each norm as a multiple of its initial norm
+            (``None``: no upper bound).
+        exclude: Regular expressions of parameter names whose norm is not learned (they
+            still count in the gradient quotient).
+        seed: Seed of the random inputs and of torch's generators during the run; the
+            caller's RNG state is restored afterwards.
+        show_progress: Show a tqdm progress bar.
+
+    Example:
+        >>> from hf_gradinit import MetaInitConfig
+        >>> cfg = MetaInitConfig(steps=50)
+        >>> cfg.lr, cfg.momentum, cfg.eps, cfg.hvp
+        (0.1, 0.9, 1e-05, 'exact')
+    """
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    steps: int = 100
+    eps: float = 1e-5
+    hvp: HvpMode = "exact"
+    fd_eps: float | None = None
+    random_inputs: bool = False
+    min_scale: float = 0.01
+    max_scale: float | None = None
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+    seed: int = 0
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.exclude = checked_exclude("MetaInitConfig", self.exclude)
+        self.seed = checked_seed("MetaInitConfig", self.seed)
+
+        def number(name: str, low: float, inclusive: bool) -> None:
+            value = getattr(self, name)
+            ok = (
+                isinstance(value, (int, float))
+                and math.isfinite(value)
+                and (value >= low if inclusive else value > low)
+            )
+            if not ok:
+                raise ValueError(f"MetaInitConfig.{name} must be a finite number {'>=' if inclusive else '>'} {low}.")
+
+        number("lr", 0.0, False)
+        number("eps", 0.0, False)
+        number("min_scale", 0.0, True)
+        if not (isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum < 1.0):
+            raise ValueError(f"MetaInitConfig.momentum must lie in [0, 1), got {self.momentum!r}.")
+        self.steps = checked_count("MetaInitConfig", "steps", self.steps)
+        if self.hvp not in HVP_MODES:
+            raise ValueError(f"MetaInitConfig.hvp must be one of {list(HVP_MODES)}, got {self.hvp!r}.")
+        if self.fd_eps is not None:
+            number("fd_eps", 0.0, False)
+        if self.max_scale is not None and not (math.isfinite(self.max_scale) and self.max_scale >= self.min_scale):
+            raise ValueError(
+                f"MetaInitConfig.max_scale={self.max_scale!r} must be a finite number >= min_scale={self.min_scale!r}"
+                " (or None for no upper bound)."
+            )
+        for pattern in self.exclude:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(
+                    f"MetaInitConfig.exclude has an invalid regular expression {pattern!r}: {err}"
+                ) from err
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON-able values."""
+        out = dataclasses.asdict(self)
+        out["exclude"] = list(self.exclude)
+        return out
