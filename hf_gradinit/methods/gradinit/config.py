@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ...config import FD_SCHEMES, HVP_MODES, FdScheme, HvpMode, checked_count, checked_exclude, checked_seed
+from ...config import FD_SCHEMES, HVP_MODES, FdScheme, HvpMode, InitConfig, checked_count
 
 Target = Literal["sgd", "adam", "adamw"]
 
@@ -59,7 +58,7 @@ _NUMBER_FIELDS = (
 
 
 @dataclass
-class GradInitConfig:
+class GradInitConfig(InitConfig):
     """Every setting of GradInit (Zhu et al., NeurIPS 2021).
 
     GradInit learns one scale ``alpha_i`` per parameter tensor (``theta_i = alpha_i *
@@ -174,10 +173,9 @@ class GradInitConfig:
     seed: int = 0
     show_progress: bool = True
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         # Checks that do not depend on the target run at construction, so a typo fails
-        # where it was made; the rest run in resolve().
-        self.exclude = checked_exclude("GradInitConfig", self.exclude)
+        # where it was made; the rest run in resolve(). (exclude and seed: InitConfig.)
         if self.iters is not None:
             self.iters = checked_count("GradInitConfig", "iters", self.iters)
         for name in _NUMBER_FIELDS:
@@ -187,7 +185,6 @@ class GradInitConfig:
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"GradInitConfig.{name} must be a number, got {value!r} ({type(value).__name__}).")
             setattr(self, name, float(value))
-        self.seed = checked_seed("GradInitConfig", self.seed)  # type: ignore[assignment]
         if self.betas is not None:
             self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         self._check()
@@ -213,28 +210,12 @@ class GradInitConfig:
         resolved._check()
         return resolved
 
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as plain JSON-able values."""
-        out = dataclasses.asdict(self)
-        out["betas"] = list(out["betas"]) if out["betas"] is not None else None
-        out["exclude"] = list(out["exclude"])
-        return out
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GradInitConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown GradInitConfig fields {unknown}; valid fields: {sorted(known)}.")
-        values = dict(values)
-        if values.get("betas") is not None:
-            values["betas"] = tuple(values["betas"])
-        if values.get("exclude") is not None:
-            values["exclude"] = tuple(values["exclude"])
-        if "hvp" in values and "fd_scheme" not in values:
+        if isinstance(values, dict) and "hvp" in values and "fd_scheme" not in values:
             # Saved before fd_scheme existed: those runs took central differences.
-            values["fd_scheme"] = "central"
-        return cls(**values)
+            values = {**values, "fd_scheme": "central"}
+        return super().from_dict(values)
 
     def _check(self) -> None:
         def positive(name: str, value: float | None, allow_zero: bool = False) -> None:
@@ -283,10 +264,3 @@ class GradInitConfig:
                 f"eta * weight_decay = {self.eta * self.weight_decay:g} >= 1 would flip the sign of"
                 " every weight in the modelled step; check eta and weight_decay."
             )
-        for pattern in self.exclude:
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise ValueError(
-                    f"GradInitConfig.exclude has an invalid regular expression {pattern!r}: {err}"
-                ) from err

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import nn
 
-from ...config import checked_count, checked_exclude, checked_seed
+from ...config import InitConfig, checked_count
 
 _DEFAULT_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -22,7 +18,7 @@ def _is_hf_conv1d(module: nn.Module) -> bool:
 
 
 @dataclass
-class LSUVConfig:
+class LSUVConfig(InitConfig):
     """Settings of :func:`lsuv` (the defaults are the paper's).
 
     Args:
@@ -61,35 +57,20 @@ class LSUVConfig:
     seed: int | None = None
     show_progress: bool = True
 
-    def __post_init__(self) -> None:
-        self.seed = checked_seed("LSUVConfig", self.seed, allow_none=True)
-        self.exclude = checked_exclude("LSUVConfig", self.exclude)
+    seed_optional = True  # None: derived from the model's weights
+
+    def validate(self) -> None:
         if self.layer_types is not None:
             types = (self.layer_types,) if isinstance(self.layer_types, type) else tuple(self.layer_types)
             if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
                 raise ValueError(f"LSUVConfig.layer_types must be nn.Module subclasses, got {self.layer_types!r}.")
             self.layer_types = types
-        if not (isinstance(self.target_std, (int, float)) and math.isfinite(self.target_std) and self.target_std > 0):
-            raise ValueError(f"LSUVConfig.target_std must be a finite number > 0, got {self.target_std!r}.")
-        if not (isinstance(self.tol, (int, float)) and math.isfinite(self.tol) and self.tol > 0):
-            raise ValueError(f"LSUVConfig.tol must be a finite number > 0, got {self.tol!r}.")
+        self.checked_number("target_std", low=0.0)
+        self.checked_number("tol", low=0.0)
         self.max_tries = checked_count("LSUVConfig", "max_tries", self.max_tries)
-        for pattern in self.exclude:
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise ValueError(f"LSUVConfig.exclude has an invalid regular expression {pattern!r}: {err}") from err
 
     def is_layer(self, module: nn.Module) -> bool:
         """Whether ``module`` counts as a layer."""
         if self.layer_types is not None:
             return isinstance(module, self.layer_types)
         return isinstance(module, _DEFAULT_LAYER_TYPES) or _is_hf_conv1d(module)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as plain JSON-able values (layer types by qualified class name)."""
-        out = dataclasses.asdict(self)
-        out["exclude"] = list(self.exclude)
-        if self.layer_types is not None:
-            out["layer_types"] = [f"{t.__module__}.{t.__qualname__}" for t in self.layer_types]
-        return out

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
-from typing import Any
 
-from ...config import HVP_MODES, HvpMode, checked_count, checked_exclude, checked_seed
+from ...config import HVP_MODES, HvpMode, InitConfig, checked_count
 
 
 @dataclass
-class MetaInitConfig:
+class MetaInitConfig(InitConfig):
     """Settings of :func:`metainit` (defaults: the paper's, where it has one).
 
     Args:
@@ -73,45 +70,17 @@ class MetaInitConfig:
     seed: int = 0
     show_progress: bool = True
 
-    def __post_init__(self) -> None:
-        self.exclude = checked_exclude("MetaInitConfig", self.exclude)
-        self.seed = checked_seed("MetaInitConfig", self.seed)
-
-        def number(name: str, low: float, inclusive: bool) -> None:
-            value = getattr(self, name)
-            ok = (
-                isinstance(value, (int, float))
-                and math.isfinite(value)
-                and (value >= low if inclusive else value > low)
-            )
-            if not ok:
-                raise ValueError(f"MetaInitConfig.{name} must be a finite number {'>=' if inclusive else '>'} {low}.")
-
-        number("lr", 0.0, False)
-        number("eps", 0.0, False)
-        number("min_scale", 0.0, True)
-        if not (isinstance(self.momentum, (int, float)) and 0.0 <= self.momentum < 1.0):
-            raise ValueError(f"MetaInitConfig.momentum must lie in [0, 1), got {self.momentum!r}.")
+    def validate(self) -> None:
+        self.checked_number("lr", low=0.0)
+        self.checked_number("eps", low=0.0)
+        self.checked_number("min_scale", low=0.0, inclusive=True)
+        self.checked_number("momentum", low=0.0, inclusive=True, high=1.0)
+        self.checked_number("fd_eps", low=0.0, allow_none=True)
         self.steps = checked_count("MetaInitConfig", "steps", self.steps)
         if self.hvp not in HVP_MODES:
             raise ValueError(f"MetaInitConfig.hvp must be one of {list(HVP_MODES)}, got {self.hvp!r}.")
-        if self.fd_eps is not None:
-            number("fd_eps", 0.0, False)
         if self.max_scale is not None and not (math.isfinite(self.max_scale) and self.max_scale >= self.min_scale):
             raise ValueError(
                 f"MetaInitConfig.max_scale={self.max_scale!r} must be a finite number >= min_scale={self.min_scale!r}"
                 " (or None for no upper bound)."
             )
-        for pattern in self.exclude:
-            try:
-                re.compile(pattern)
-            except re.error as err:
-                raise ValueError(
-                    f"MetaInitConfig.exclude has an invalid regular expression {pattern!r}: {err}"
-                ) from err
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as plain JSON-able values."""
-        out = dataclasses.asdict(self)
-        out["exclude"] = list(self.exclude)
-        return out
