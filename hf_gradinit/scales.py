@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
-    from .methods.gradinit.result import GradInitResult
+    from .result import ScalesResult
 
 TensorKind = Literal["weight", "bias", "norm"]
 
@@ -137,7 +137,7 @@ def _resolve_names(model: nn.Module, names: list[str]) -> dict[str, nn.Parameter
 @torch.no_grad()
 def apply_scales(
     model: nn.Module,
-    scales: Mapping[str, float] | GradInitResult,
+    scales: Mapping[str, float] | ScalesResult,
     *,
     init_norms: Mapping[str, float] | None = None,
 ) -> nn.Module:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-FORMAT_VERSION = 1
+from ...result import FORMAT_VERSION, read_result_file, write_json_atomically
 
 
 @dataclass
@@ -38,6 +37,8 @@ class LSUVResult:
         timings: ``total_s`` and ``forward_passes``.
     """
 
+    initializer: ClassVar[str] = "lsuv"
+
     layers: list[dict[str, Any]]
     skipped: dict[str, str] = field(default_factory=dict)
     tensors: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -45,26 +46,28 @@ class LSUVResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     @torch.no_grad()
-    def apply(self, model: nn.Module) -> nn.Module:
+    def apply(self, model: nn.Module, *, allow_partial: bool = False) -> nn.Module:
         """Write the saved final tensors into ``model`` (built with the same architecture).
 
-        Every name and shape is checked before anything is written.
+        Every name and shape is checked before anything is written; ``allow_partial=True``
+        skips the tensors ``model`` does not have instead of refusing.
         """
         params = dict(model.named_parameters(remove_duplicate=False))
         missing = [n for n in self.tensors if n not in params]
-        if missing:
+        if missing and not allow_partial:
             raise KeyError(
                 f"{len(missing)} tensor(s) of the LSUV result are not parameters of {type(model).__name__}"
                 f" (first: {missing[0]!r}); build the model with the architecture LSUV ran on."
             )
-        wrong = [n for n, t in self.tensors.items() if tuple(params[n].shape) != tuple(t.shape)]
+        wrong = [n for n, t in self.tensors.items() if n in params and tuple(params[n].shape) != tuple(t.shape)]
         if wrong:
             raise ValueError(
                 f"Shape mismatch for {wrong[0]!r}: the model has {tuple(params[wrong[0]].shape)}, the LSUV"
                 f" result {tuple(self.tensors[wrong[0]].shape)}."
             )
         for name, value in self.tensors.items():
-            params[name].copy_(value)
+            if name in params:
+                params[name].copy_(value)
         return model
 
     def metrics(self, prefix: str = "lsuv/") -> dict[str, float]:
@@ -120,7 +123,7 @@ class LSUVResult:
         weights = _weights_path(path)
         data = {
             "format_version": FORMAT_VERSION,
-            "initializer": "lsuv",
+            "initializer": self.initializer,
             "layers": self.layers,
             "skipped": self.skipped,
             "config": self.config,
@@ -131,10 +134,7 @@ class LSUVResult:
         tmp = weights.with_name(weights.name + ".tmp")
         save_file({n: t.detach().cpu().contiguous() for n, t in self.tensors.items()}, str(tmp))
         tmp.replace(weights)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, allow_nan=True))
-        tmp.replace(path)
-        return path
+        return write_json_atomically(path, data)
 
     @classmethod
     def load(cls, path: str | Path) -> LSUVResult:
@@ -142,12 +142,10 @@ class LSUVResult:
         from safetensors.torch import load_file
 
         path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"Cannot read an LSUV result from {str(path)!r}: {err}") from err
-        if data.get("format_version") != FORMAT_VERSION or data.get("initializer") != "lsuv":
-            raise ValueError(f"{str(path)!r} is not an LSUV result of format {FORMAT_VERSION}.")
+        data = read_result_file(path, cls.initializer, "LSUV")
+        missing = sorted({"layers", "tensors_file", "tensor_names"} - set(data))
+        if missing:
+            raise ValueError(f"{str(path)!r} is not an LSUV result: missing fields {missing}.")
         weights = path.with_name(data["tensors_file"])
         try:
             tensors = load_file(str(weights))
