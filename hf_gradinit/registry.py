@@ -3,7 +3,7 @@
 Every initialiser is called as ``fn(model, data, config, *, loss_fn=None, distributed=None)``
 and rescales (or re-initialises) ``model`` in place. It returns a result object with
 ``save(path)``, ``metrics()`` and ``summary()`` (or ``None`` when there is nothing to
-report), and the registry records how to re-apply a saved result to a freshly built model.
+report); its registered ``result_class`` re-applies a saved result to a freshly built model.
 ``--model_init NAME`` in the Trainer integration and in the examples reaches every
 registered name, a user's own included::
 
@@ -16,6 +16,7 @@ registered name, a user's own included::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,10 +46,12 @@ class InitializerSpec:
         name: The name ``--model_init`` takes.
         fn: The initialiser (see the module docstring for its calling convention).
         needs_data: Whether it reads batches (data-driven) or only the model.
-        config_class: The dataclass of its settings, if any (``GradInitConfig`` for GradInit).
-        load_result: Reads a saved result (``GradInitResult.load`` for GradInit).
-        reapply: Re-applies a result to a freshly built model, so work is not done twice;
-            ``reapply(model, result, **options)`` (``allow_partial=True`` for GradInit).
+        config_class: The dataclass of its settings, if any (``GradInitConfig`` for GradInit);
+            its fields become ``--<name>_<field>`` options of :class:`~hf_gradinit.InitArguments`.
+        result_class: What it returns, if it can be saved and re-applied: a class with
+            ``load(path)`` and ``apply(model, *, allow_partial=False)``
+            (``GradInitResult`` for GradInit), so a saved result re-applies to a freshly built
+            model instead of the work being done twice.
         description: One line for ``--help``.
     """
 
@@ -56,9 +59,22 @@ class InitializerSpec:
     fn: Initializer
     needs_data: bool = True
     config_class: type | None = None
-    load_result: Callable[[str], Any] | None = None
-    reapply: Callable[[nn.Module, Any], Any] | None = None
+    result_class: type | None = None
     description: str = ""
+
+    @property
+    def can_reapply(self) -> bool:
+        return self.result_class is not None
+
+    def load_result(self, path: str | os.PathLike) -> Any:
+        """Read a saved result of this initialiser (``result_class.load``)."""
+        if self.result_class is None:
+            raise ValueError(f"Initialiser {self.name!r} has no result to load (it registered no result_class).")
+        return self.result_class.load(path)
+
+    def reapply(self, model: nn.Module, result: Any, *, allow_partial: bool = False) -> nn.Module:
+        """Re-apply a result (loaded or in memory) to a freshly built model."""
+        return result.apply(model, allow_partial=allow_partial)
 
 
 _REGISTRY: dict[str, InitializerSpec] = {}
@@ -69,8 +85,7 @@ def register_initializer(
     *,
     needs_data: bool = True,
     config_class: type | None = None,
-    load_result: Callable[[str], Any] | None = None,
-    reapply: Callable[[nn.Module, Any], Any] | None = None,
+    result_class: type | None = None,
     description: str = "",
     overwrite: bool = False,
 ) -> Callable[[Initializer], Initializer]:
@@ -86,7 +101,12 @@ def register_initializer(
             raise TypeError(f"register_initializer({name!r}) decorates a function, got {type(fn).__name__}.")
         if name in _REGISTRY and not overwrite:
             raise ValueError(f"An initialiser named {name!r} is already registered; pass overwrite=True to replace it.")
-        _REGISTRY[name] = InitializerSpec(name, fn, needs_data, config_class, load_result, reapply, description)
+        if result_class is not None and not all(callable(getattr(result_class, a, None)) for a in ("load", "apply")):
+            raise TypeError(
+                f"register_initializer({name!r}): result_class must have load(path) and apply(model, *,"
+                f" allow_partial=False); {getattr(result_class, '__name__', result_class)!r} does not."
+            )
+        _REGISTRY[name] = InitializerSpec(name, fn, needs_data, config_class, result_class, description)
         return fn
 
     return decorate

@@ -311,7 +311,7 @@ def test_reapply_in_memory_and_from_disk_is_bit_exact(tmp_path):
 
 def test_load_rejects_other_files(tmp_path):
     (tmp_path / "x.json").write_text('{"format_version": 1, "scales": {}}')
-    with pytest.raises(ValueError, match="written by the initialiser .gradinit., not .lsuv."):
+    with pytest.raises(ValueError, match=r"written by the initialiser 'gradinit', not 'lsuv'"):
         LSUVResult.load(tmp_path / "x.json")
     result = lsuv(DeepMLP(depth=1), [torch.randn(8, 24)], quiet())
     result.save(tmp_path / "r.json")

@@ -55,7 +55,7 @@ def test_the_four_initialisers_are_registered_with_one_convention():
     assert names[0] == "default" and {"gradinit", "lsuv", "metainit"} <= set(names)
     for name in ("lsuv", "metainit"):
         spec = get_initializer(name)
-        assert spec.needs_data and spec.load_result is not None and spec.reapply is not None
+        assert spec.needs_data and spec.result_class is not None and spec.can_reapply
         assert spec.config_class is type(CASES[name][0]) and spec.description
 
 

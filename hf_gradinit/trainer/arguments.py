@@ -194,7 +194,7 @@ class InitArguments:
             raise ValueError(f"--model_init {self.model_init}: {message}") from err
         if self.init_scales_file is not None:
             spec = get_initializer(self.model_init)
-            if spec.load_result is None:
+            if not spec.can_reapply:
                 raise ValueError(f"--init_scales_file: initialiser {self.model_init!r} cannot re-apply a saved result.")
             try:
                 spec.load_result(self.init_scales_file)

@@ -280,10 +280,10 @@ class InitializerCallback(TrainerCallback):
         _refuse_sharded(args, model, trainer)
         config = self._config(args, state)
         if self.result_file is not None:
-            if self.spec.load_result is None or self.spec.reapply is None:
+            if not self.spec.can_reapply:
                 raise GradInitError(f"Initialiser {self.spec.name!r} cannot re-apply a saved result.")
-            self.result = self.spec.load_result(str(self.result_file))
-            self.spec.reapply(core, self.result, **({"allow_partial": True} if self.allow_partial else {}))
+            self.result = self.spec.load_result(self.result_file)
+            self.spec.reapply(core, self.result, allow_partial=self.allow_partial)
         else:
             data = None
             if self.spec.needs_data:

@@ -65,8 +65,8 @@ class _ModelInit:
         config = self._config(trial)
         key = json.dumps({"init": self.spec.name, "config": _jsonable(config)}, sort_keys=True)
         if key not in self.results and self.result_file is not None:
-            self.results[key] = self.spec.load_result(str(self.result_file))
-        if key in self.results and self.spec.reapply is not None:
+            self.results[key] = self.spec.load_result(self.result_file)
+        if key in self.results and self.spec.can_reapply:
             self.spec.reapply(model, self.results[key])
             return model
         device = self.device if self.device is not None else getattr(self.training_args, "device", None)

@@ -13,8 +13,7 @@ from .result import GradInitResult
 register_initializer(
     "gradinit",
     config_class=GradInitConfig,
-    load_result=GradInitResult.load,
-    reapply=lambda model, result, **options: result.apply(model, **options),
+    result_class=GradInitResult,
     description="GradInit (Zhu et al., 2021): learned per-tensor scales for one step of your optimizer",
 )(gradinit)
 

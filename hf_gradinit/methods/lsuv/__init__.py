@@ -12,8 +12,7 @@ from .result import LSUVResult
 register_initializer(
     "lsuv",
     config_class=LSUVConfig,
-    load_result=LSUVResult.load,
-    reapply=lambda model, result, **options: result.apply(model),
+    result_class=LSUVResult,
     description="LSUV (Mishkin & Matas, 2016): orthonormal init, then unit output variance layer by layer",
 )(lsuv)
 

@@ -14,8 +14,7 @@ from .result import MetaInitResult
 register_initializer(
     "metainit",
     config_class=MetaInitConfig,
-    load_result=MetaInitResult.load,
-    reapply=lambda model, result, **options: result.apply(model),
+    result_class=MetaInitResult,
     description="MetaInit (Dauphin & Schoenholz, 2019): norms learned by sign-SGD on the gradient quotient",
 )(metainit)
 
