@@ -89,6 +89,23 @@ class InitConfig:
 
     #: ``seed=None`` is allowed (the method then derives a seed itself).
     seed_optional: ClassVar[bool] = False
+    #: Command-line options that are not fields, as ``{name: (type, default, help)}``, turned
+    #: into field values by :meth:`from_options` (GradInit's ``beta1`` / ``beta2``).
+    cli_extra: ClassVar[dict[str, tuple[Any, Any, str]]] = {}
+
+    @classmethod
+    def cli_fields(cls) -> list[dataclasses.Field]:
+        """The fields a command line sets: all but those marked ``metadata={"cli": False}``."""
+        return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]  # type: ignore[arg-type]
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Checks of the command-line options that parsing can make (before any config exists)."""
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Any:
+        """The config the command-line options describe (:meth:`cli_fields` and ``cli_extra``)."""
+        return cls(**options)
 
     def __post_init__(self) -> None:
         owner = type(self).__name__

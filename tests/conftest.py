@@ -15,6 +15,17 @@ from torch import nn
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test. Tiny models run as fast on one thread as on two, and
+    are then immune to oversubscription when another job shares the two cores (OpenMP
+    spin-waits made a 32x32 matmul 1000x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_marian(seed: int = 0, layers: int = 2, d_model: int = 32, vocab: int = 48, dropout: float = 0.1, **kwargs):
     """A Post-LN Marian seq2seq model from a config (shared, tied embeddings; frozen
     sinusoidal positions), initialised by transformers' own N(0, 0.02) scheme."""

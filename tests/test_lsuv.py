@@ -12,15 +12,7 @@ from torch import nn
 from hf_gradinit import GradInitError, LSUVConfig, LSUVResult, get_initializer, lsuv
 from hf_gradinit.methods.lsuv import orthonormal_
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one thread is as fast as two, and immune to oversubscription when another
-    # job shares the two cores (OpenMP spin-waits made a 32x32 matmul 1000x slower here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet(**kwargs) -> LSUVConfig:

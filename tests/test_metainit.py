@@ -26,15 +26,7 @@ from hf_gradinit.methods.metainit.quotient import _ComposedNorms
 from hf_gradinit.model_state import PreparedModel
 from hf_gradinit.scales import trainable_parameters
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one thread is as fast as two, and immune to oversubscription when another
-    # job shares the two cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet(**kwargs) -> MetaInitConfig:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+from typing import Literal
 
 import pytest
 import torch
@@ -24,17 +26,10 @@ from hf_gradinit import (
     register_initializer,
     trainer_init_kwargs,
 )
+from hf_gradinit.config import InitConfig
 from hf_gradinit.registry import _REGISTRY
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models: one thread is as fast as two, and immune to oversubscription when another
-    # job shares the two cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # Quick settings for each initialiser (name -> (config, result type, metric that must be logged)).
@@ -177,3 +172,47 @@ def test_a_user_registered_initialiser_reaches_the_trainer(tmp_path, halve_regis
 def test_registering_a_taken_name_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         register_initializer("lsuv")(lambda *a, **k: None)
+
+
+@dataclasses.dataclass
+class ShrinkConfig(InitConfig):
+    factor: float = dataclasses.field(default=0.5, metadata={"help": "Multiply every weight by this."})
+    mode: Literal["all", "last"] = dataclasses.field(default="all", metadata={"help": "Which layers."})
+    exclude: tuple[str, ...] = dataclasses.field(default_factory=tuple, metadata={"help": "Names to skip."})
+    seed: int = dataclasses.field(default=0, metadata={"help": "Seed."})
+    show_progress: bool = dataclasses.field(default=True, metadata={"cli": False})
+
+    def validate(self) -> None:
+        self.checked_number("factor", low=0.0)
+
+
+def test_a_new_methods_config_becomes_command_line_options(capsys):
+    """--<name>_<field> options, help text and choices come from the config's fields, so a new
+    method needs no change to the arguments module; the built-in flags keep their names."""
+    import dataclasses
+
+    from transformers import HfArgumentParser
+
+    from hf_gradinit.trainer.arguments import InitArguments, build_init_arguments
+
+    register_initializer("shrink", needs_data=False, config_class=ShrinkConfig)(lambda *a, **k: None)
+    try:
+        cls = build_init_arguments()
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert {"shrink_factor", "shrink_mode", "shrink_exclude", "shrink_seed"} <= names
+        assert "shrink_show_progress" not in names
+        assert {f.name for f in dataclasses.fields(InitArguments)} <= names  # every existing flag kept
+        parser = HfArgumentParser(cls)
+        (args,) = parser.parse_args_into_dataclasses(
+            ["--model_init", "shrink", "--shrink_factor", "0.25", "--shrink_mode", "last", "--shrink_exclude", "a.*"]
+        )
+        assert args.initializer_config() == ShrinkConfig(factor=0.25, mode="last", exclude=("a.*",))
+        assert "Multiply every weight by this." in parser.format_help()
+        with pytest.raises(SystemExit):
+            parser.parse_args_into_dataclasses(["--shrink_mode", "first"])
+        assert "invalid choice: 'first'" in capsys.readouterr().err
+        (args,) = parser.parse_args_into_dataclasses(["--model_init", "shrink", "--shrink_factor", "-1"])
+        with pytest.raises(ValueError, match=r"--shrink_factor must be a finite number > 0"):
+            args.validate()
+    finally:
+        del _REGISTRY["shrink"]

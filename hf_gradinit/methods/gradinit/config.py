@@ -6,7 +6,7 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from ...config import FD_SCHEMES, HVP_MODES, FdScheme, HvpMode, InitConfig, checked_count
 
@@ -145,33 +145,109 @@ class GradInitConfig(InitConfig):
         1000.0
     """
 
-    target: Target | None = None
-    eta: float | None = None
-    normalize_step: bool | None = None
-    gamma: float | None = None
-    iters: int | None = None
-    lr: float | None = None
-    norm_lr: float | None = None
-    betas: tuple[float, float] | None = None
-    eps: float = 1e-8
-    clip: float | None = None
-    separate_second_moment: bool | None = None
-    min_scale: float = 0.01
-    max_scale: float | None = None
-    bias_min_scale: float = 0.0
-    bias_max_scale: float | None = None
-    norm_min_scale: float = 0.01
-    norm_max_scale: float | None = 100.0
-    weight_decay: float = 0.0
-    overlap: float = 0.5
-    hvp: HvpMode = "finite_difference"
-    fd_scheme: FdScheme = "forward"
-    fd_eps: float | None = None
-    compile: bool = False
-    exclude: tuple[str, ...] = field(default_factory=tuple)
-    tied_lookahead: TiedLookahead = "all"
-    seed: int = 0
-    show_progress: bool = True
+    target: Target | None = field(
+        default=None, metadata={"help": "Optimizer GradInit models (default: from --optim): sgd, adam or adamw."}
+    )
+    eta: float | None = field(
+        default=None, metadata={"help": "Learning rate GradInit models (default: --learning_rate)."}
+    )
+    normalize_step: bool | None = field(
+        default=None, metadata={"help": "SGD target only: model the normalised step g/|g| (default: yes)."}
+    )
+    gamma: float | None = field(
+        default=None,
+        metadata={"help": "Bound on the gradient norm (default: 1 for SGD's 2-norm, 1000 for Adam's 1-norm)."},
+    )
+    iters: int | None = field(
+        default=None, metadata={"help": "GradInit iterations (default: 390 for SGD, 780 for Adam)."}
+    )
+    lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of the scales (default: 1e-2 SGD, 2.5e-3 Adam)."}
+    )
+    norm_lr: float | None = field(
+        default=None, metadata={"help": "Learning rate of normalisation-layer scales (default: the scales' lr)."}
+    )
+    betas: tuple[float, float] | None = field(default=None, metadata={"cli": False})
+    eps: float = field(default=1e-8, metadata={"help": "Epsilon of the scales' Adam."})
+    clip: float | None = field(
+        default=None, metadata={"help": "Per-scalar gradient clip of the scales, 0 for none (default: 1 SGD, 0 Adam)."}
+    )
+    separate_second_moment: bool | None = field(
+        default=None,
+        metadata={
+            "help": ("Separate second moments for objective and constraint steps (default: no for SGD, yes for Adam).")
+        },
+    )
+    min_scale: float = field(default=0.01, metadata={"help": "Lower bound of weight scales."})
+    max_scale: float | None = field(default=None, metadata={"help": "Upper bound of weight scales (default: none)."})
+    bias_min_scale: float = field(default=0.0, metadata={"help": "Lower bound of bias scales."})
+    bias_max_scale: float | None = field(default=None, metadata={"help": "Upper bound of bias scales (default: none)."})
+    norm_min_scale: float = field(default=0.01, metadata={"help": "Lower bound of normalisation-layer weight scales."})
+    norm_max_scale: float | None = field(
+        default=100.0, metadata={"help": "Upper bound of normalisation-layer weight scales."}
+    )
+    weight_decay: float = field(
+        default=0.0, metadata={"help": "Weight decay modelled in the virtual step (the paper: 0)."}
+    )
+    overlap: float = field(default=0.5, metadata={"help": "Fraction of samples the two minibatches share."})
+    hvp: HvpMode = field(
+        default="finite_difference",
+        metadata={"help": "Hessian-vector products of constraint steps: exact or finite_difference."},
+    )
+    fd_scheme: FdScheme = field(
+        default="forward",
+        metadata={
+            "help": (
+                "Finite difference of --gradinit_hvp finite_difference: forward (one more gradient a"
+                " constraint step) or central (two more, smaller truncation error)."
+            )
+        },
+    )
+    fd_eps: float | None = field(
+        default=None,
+        metadata={"help": "Relative step of the finite difference (default: from the dtype and the scheme)."},
+    )
+    compile: bool = field(
+        default=False,
+        metadata={"help": "Run GradInit's first-order gradient passes through torch.compile (pays on long GPU runs)."},
+    )
+    exclude: tuple[str, ...] = field(
+        default_factory=tuple,
+        metadata={
+            "help": (
+                "Regular expressions of parameter names GradInit leaves unscaled (they still take part in"
+                " the virtual step), e.g. 'decoder.*(v_proj|out_proj).weight'."
+            )
+        },
+    )
+    tied_lookahead: TiedLookahead = field(
+        default="all",
+        metadata={
+            "help": (
+                "Virtual step of an output projection tied to the input embedding: 'all' moves the shared"
+                " tensor everywhere; 'input_only' keeps the output projection unmoved, as the authors'"
+                " code."
+            )
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the GradInit run."})
+    show_progress: bool = field(default=True, metadata={"cli": False})
+
+    cli_extra: ClassVar[dict[str, tuple[Any, Any, str]]] = {
+        "beta1": (float | None, None, "Scale-Adam beta1, with --gradinit_beta2 (default: 0.9)."),
+        "beta2": (float | None, None, "Scale-Adam beta2, with --gradinit_beta1 (default: 0.999 SGD, 0.98 Adam)."),
+    }
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        if (options.get("beta1") is None) != (options.get("beta2") is None):
+            raise ValueError("Give both --gradinit_beta1 and --gradinit_beta2, or neither.")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> GradInitConfig:
+        options = dict(options)
+        beta1, beta2 = options.pop("beta1", None), options.pop("beta2", None)
+        return cls(**options, betas=None if beta1 is None else (beta1, beta2))
 
     def validate(self) -> None:
         # Checks that do not depend on the target run at construction, so a typo fails

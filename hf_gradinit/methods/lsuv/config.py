@@ -48,14 +48,21 @@ class LSUVConfig(InitConfig):
         0.05
     """
 
-    orthonormal: bool = True
-    target_std: float = 1.0
-    tol: float = 0.1
-    max_tries: int = 10
-    layer_types: tuple[type[nn.Module], ...] | None = None
-    exclude: tuple[str, ...] = field(default_factory=tuple)
-    seed: int | None = None
-    show_progress: bool = True
+    orthonormal: bool = field(default=True, metadata={"help": "LSUV: orthonormal pre-initialisation first."})
+    target_std: float = field(
+        default=1.0, metadata={"help": "LSUV: the output standard deviation each layer is brought to (paper: 1)."}
+    )
+    tol: float = field(default=0.1, metadata={"help": "LSUV: tolerance on each layer's output std."})
+    max_tries: int = field(default=10, metadata={"help": "LSUV: rescaling tries per layer."})
+    layer_types: tuple[type[nn.Module], ...] | None = field(default=None, metadata={"cli": False})
+    exclude: tuple[str, ...] = field(
+        default_factory=tuple, metadata={"help": "LSUV: regular expressions of weight names never to process."}
+    )
+    seed: int | None = field(
+        default=None,
+        metadata={"help": "LSUV: seed of the orthonormal draws (default: derived from the model's weights)."},
+    )
+    show_progress: bool = field(default=True, metadata={"cli": False})
 
     seed_optional = True  # None: derived from the model's weights
 

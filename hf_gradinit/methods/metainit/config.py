@@ -57,18 +57,38 @@ class MetaInitConfig(InitConfig):
         (0.1, 0.9, 1e-05, 'exact')
     """
 
-    lr: float = 0.1
-    momentum: float = 0.9
-    steps: int = 100
-    eps: float = 1e-5
-    hvp: HvpMode = "exact"
-    fd_eps: float | None = None
-    random_inputs: bool = False
-    min_scale: float = 0.01
-    max_scale: float | None = None
-    exclude: tuple[str, ...] = field(default_factory=tuple)
-    seed: int = 0
-    show_progress: bool = True
+    lr: float = field(
+        default=0.1, metadata={"help": "MetaInit: step on each tensor's norm (paper: 0.1; scale it to the norms)."}
+    )
+    momentum: float = field(default=0.9, metadata={"help": "MetaInit: momentum."})
+    steps: int = field(
+        default=100, metadata={"help": "MetaInit: sign-SGD steps (paper: 500; each costs about 13 training steps)."}
+    )
+    eps: float = field(
+        default=1e-5, metadata={"help": "MetaInit: eps of the gradient quotient's denominator (paper: 1e-5)."}
+    )
+    hvp: HvpMode = field(
+        default="exact", metadata={"help": "MetaInit: Hessian-vector products: exact or finite_difference."}
+    )
+    fd_eps: float | None = field(
+        default=None, metadata={"help": "MetaInit: relative step of the finite difference (default: from the dtype)."}
+    )
+    random_inputs: bool = field(
+        default=False, metadata={"help": "MetaInit: random inputs and labels, as the paper, instead of real batches."}
+    )
+    min_scale: float = field(
+        default=0.01, metadata={"help": "MetaInit: lower bound of each norm, as a multiple of its initial norm."}
+    )
+    max_scale: float | None = field(
+        default=None,
+        metadata={"help": "MetaInit: upper bound of each norm, as a multiple of its initial norm (default: none)."},
+    )
+    exclude: tuple[str, ...] = field(
+        default_factory=tuple,
+        metadata={"help": "MetaInit: regular expressions of parameter names whose norm is not learned."},
+    )
+    seed: int = field(default=0, metadata={"help": "MetaInit: seed of the run (and of its random inputs)."})
+    show_progress: bool = field(default=True, metadata={"cli": False})
 
     def validate(self) -> None:
         self.checked_number("lr", low=0.0)
