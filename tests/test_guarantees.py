@@ -140,3 +140,20 @@ def test_a_saved_result_reapplies_bit_for_bit_and_other_files_are_named(name, tm
         if other != name:
             with pytest.raises(ValueError, match=rf"written by the initialiser '{name}', not '{other}'"):
                 get_initializer(other).load_result(path)
+
+
+def test_a_scales_file_written_before_the_refactor_still_loads():
+    """A GradInit file saved by an earlier version (no initializer tag), committed with the results."""
+    from pathlib import Path
+
+    from hf_gradinit import GradInitResult
+
+    path = Path(__file__).resolve().parents[1] / (
+        "examples/translation/results/cpu_paper_small/first_step/gradinit_scales_lr0.001.json"
+    )
+    assert '"initializer"' not in path.read_text()
+    result = get_initializer("gradinit").load_result(path)
+    assert isinstance(result, GradInitResult) and result.iterations == 780
+    weights = [a for n, a in result.scales.items() if result.kinds[n] == "weight"]
+    # its floor-bound scales sit one float32 rounding below 0.01, and must still be accepted
+    assert min(weights) < 0.01 and min(weights) == pytest.approx(0.01, rel=1e-6)
