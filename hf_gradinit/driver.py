@@ -214,6 +214,24 @@ class ScaleLearner(DataDrivenInitializer):
         return final
 
 
+def _refuse_dtensor_parameters(model: nn.Module, name: str) -> None:
+    """Sharded parameters (FSDP2's ``fully_shard``, tensor parallelism) are DTensors: the working
+    copies, the functional gradients and the restore all assume plain tensors, and would fail
+    deep inside (or, worse, not at all), so refuse them up front."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return
+    sharded = [n for n, p in model.named_parameters() if isinstance(p, DTensor)]
+    if sharded:
+        raise GradInitError(
+            f"{name} cannot run on sharded parameters yet: {len(sharded)} parameter(s) of {type(model).__name__}"
+            f" are DTensors (first: {sharded[0]!r}; FSDP2's fully_shard or tensor parallelism). Run it on the"
+            " model before sharding it (every process builds the same model, so the result is the same on"
+            " all), or through Trainer(model_init=make_model_init(...)), which initialises before wrapping."
+        )
+
+
 def run(
     method: type[DataDrivenInitializer],
     model: nn.Module,
@@ -236,6 +254,7 @@ def run(
         raise GradInitError(f"{method.function_name} needs an nn.Module, got {type(model).__name__}.")
     if data is None:
         raise GradInitError(f"{name} needs batches of data: pass a list of batches or a DataLoader.")
+    _refuse_dtensor_parameters(model, name)
     comm = Collective(distributed)
     runner = method(model, config, loss_fn, comm)
     infos = runner.parameters()

@@ -109,3 +109,18 @@ def test_scales_match_single_process_run_over_the_union_of_shards(ranks):
     # Same maths; only the order of floating-point sums differs (a mean of two shard means).
     for name, a in reference.scales.items():
         assert ranks[0]["scales"][name] == pytest.approx(a, rel=1e-5, abs=1e-6), name
+
+
+FSDP2_WORKER = Path(__file__).parent / "scripts" / "fsdp2_worker.py"
+
+
+def test_sharded_fsdp2_parameters_are_refused_clearly_on_every_rank(tmp_path):
+    """Until GradInit runs on sharded parameters, an FSDP2 model gets a message naming the working
+    routes (initialise before sharding, or model_init), not an error from deep inside torch."""
+    _torchrun(FSDP2_WORKER, tmp_path, timeout=240)
+    for r in range(2):
+        result = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
+        assert result["is_fsdp"] and result["unchanged"]
+        for name, error in result["errors"].items():
+            assert error is not None and error.startswith("GradInitError: "), (name, error)
+            assert "cannot run on sharded parameters yet" in error and "before sharding" in error, error
