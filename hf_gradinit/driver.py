@@ -21,7 +21,8 @@ tuner its hooks):
   and (from the method's :meth:`~DataDrivenInitializer.hint`) what to change.
 
 A method subclasses :class:`DataDrivenInitializer` and supplies its set-up, one step, the final
-values and the result. A minimal one, which scales every weight to unit norm on the first batch::
+values and the result. A minimal one, which scales every weight to unit norm on the first batch
+(``tests/test_guarantees.py`` runs it)::
 
     class UnitNorm(DataDrivenInitializer):
         display_name = "UnitNorm"
@@ -38,10 +39,10 @@ values and the result. A minimal one, which scales every weight to unit norm on 
             return {"step": step}
 
         def final_values(self, first_batch):
-            return [t / t.norm() for t in self.prepared.theta0]
+            return [t / t.norm() if t.any() else None for t in self.prepared.theta0]
 
         def result(self, timings):
-            return SimpleResult(timings)
+            return SimpleResult(timings)  # anything with summary(max_rows=...)
 
     def unit_norm(model, data, config=None, *, loss_fn=None, distributed=None):
         return run(UnitNorm, model, data, config, loss_fn=loss_fn, distributed=distributed)

@@ -12,6 +12,7 @@ before any work with a message naming the argument, and saved results that re-ap
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -24,8 +25,11 @@ from hf_gradinit import (
     LSUVConfig,
     MetaInitConfig,
     available_initializers,
+    driver,
     get_initializer,
 )
+from hf_gradinit.config import InitConfig
+from hf_gradinit.driver import DataDrivenInitializer
 
 CONFIGS = {
     "gradinit": lambda: GradInitConfig(target="sgd", eta=0.1, iters=4, lr=0.05, show_progress=False),
@@ -157,3 +161,60 @@ def test_a_scales_file_written_before_the_refactor_still_loads():
     weights = [a for n, a in result.scales.items() if result.kinds[n] == "weight"]
     # its floor-bound scales sit one float32 rounding below 0.01, and must still be accepted
     assert min(weights) < 0.01 and min(weights) == pytest.approx(0.01, rel=1e-6)
+
+
+@dataclasses.dataclass
+class UnitNormConfig(InitConfig):
+    exclude: tuple[str, ...] = ()
+    seed: int = 0
+    show_progress: bool = False
+
+
+@dataclasses.dataclass
+class UnitNormResult:
+    timings: dict
+
+    def summary(self, max_rows=None) -> str:
+        return "UnitNorm done"
+
+
+class UnitNorm(DataDrivenInitializer):
+    """The driver module's example method: every tensor scaled to unit norm, one step."""
+
+    display_name = "UnitNorm"
+    function_name = "unit_norm"
+    config_class = UnitNormConfig
+
+    def setup(self, prepared, batch):
+        self.prepared = prepared
+        return 1
+
+    def step(self, step, batch):
+        xent(self.model, batch)  # a forward pass, where a method would measure something
+        return {"step": step}
+
+    def final_values(self, first_batch):
+        return [t / t.norm() if t.any() else None for t in self.prepared.theta0]
+
+    def result(self, timings):
+        return UnitNormResult(timings)
+
+
+def test_a_new_method_on_the_driver_gets_its_guarantees():
+    model = bn_mlp()
+    result = driver.run(UnitNorm, model, mlp_batches(2))
+    assert isinstance(result, UnitNormResult) and result.timings["total_s"] > 0
+    norms = [torch.linalg.vector_norm(p).item() for p in model.parameters()]
+    assert all(n == pytest.approx(1.0) or n == 0.0 for n in norms) and norms.count(0.0) == 2  # the norm layers' biases
+
+    class Broken(UnitNorm):
+        def final_values(self, first_batch):
+            raise RuntimeError("no final values")
+
+    model = bn_mlp()
+    before = snapshot(model)
+    with pytest.raises(GradInitError, match=r"UnitNorm failed .*no final values\nThe model was restored"):
+        driver.run(Broken, model, mlp_batches(2))
+    assert_same_state(model, before)
+    with pytest.raises(GradInitError, match="unit_norm's config must be a UnitNormConfig"):
+        driver.run(UnitNorm, model, mlp_batches(2), {"seed": 1})
