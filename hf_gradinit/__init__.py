@@ -13,9 +13,10 @@ With the 🤗 Trainer: ``GradInitCallback`` (custom code), ``make_model_init``
 in example scripts).
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import methods  # noqa: F401  (registers every initialiser)
+from ._lazy import lazy_getattr
 from .errors import GradInitError
 from .methods.gradinit import GradInitConfig, GradInitResult, gradinit
 from .methods.lsuv import LSUVConfig, LSUVResult, lsuv
@@ -41,12 +42,7 @@ if TYPE_CHECKING:
     from .trainer.model_init import make_model_init
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [

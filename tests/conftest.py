@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -145,3 +146,22 @@ def quiet():
         return GradInitConfig(**kwargs)
 
     return make
+
+
+def run_script_main(script: Path, argv: list[str], heavy: tuple[str, ...]) -> tuple[str, list[str] | None]:
+    """Run ``script``'s ``main()`` with ``argv`` in a fresh interpreter; return its output and
+    which of the ``heavy`` modules it had imported by the time it returned or exited (``None``
+    if it never got there)."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        f"import json, sys; sys.argv = [{script.name!r}, *{argv!r}]\n"
+        f"sys.path.insert(0, {str(script.parent)!r})\n"
+        f"try:\n    import {script.stem}; {script.stem}.main()\nexcept SystemExit:\n    pass\n"
+        f"print('HEAVY', json.dumps([m for m in {heavy!r} if m in sys.modules]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    found = [line[len("HEAVY ") :] for line in done.stdout.splitlines() if line.startswith("HEAVY ")]
+    return done.stdout + done.stderr, json.loads(found[-1]) if found else None

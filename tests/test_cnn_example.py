@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_script_main
 from torch import nn
 
 pytest.importorskip("datasets")
@@ -179,18 +180,12 @@ def test_bad_arguments_exit_with_clear_messages(tmp_path, capsys):
 )  # fmt: skip
 def test_help_and_argument_errors_answer_without_the_slow_imports(argv, expected):
     """--help and a bad option must not wait for the Trainer, the models and the data code to import."""
-    import subprocess
-
-    code = (
-        "import sys; sys.argv = ['train_cifar.py', *{!r}]\n"
-        "sys.path.insert(0, {!r})\n"
-        "try:\n    import train_cifar; train_cifar.main()\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('transformers.trainer', 'transformers.modeling_utils', 'hf_gradinit.trainer.callback',"
-        " 'cifar_data') if m in sys.modules]\n"
-        "print('HEAVY', heavy)"
-    ).format(argv, str(REPO / "examples" / "cnn"))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert expected in done.stdout + done.stderr and "HEAVY []" in done.stdout, (done.stdout + done.stderr)[-800:]
+    output, loaded = run_script_main(
+        REPO / "examples" / "cnn" / "train_cifar.py",
+        argv,
+        ("transformers.trainer", "transformers.modeling_utils", "hf_gradinit.trainer.callback", "cifar_data"),
+    )
+    assert expected in output and loaded == [], (loaded, output[-800:])
 
 
 @pytest.mark.skipif(not CIFAR_ARCHIVE.exists(), reason=f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import transformers
+from conftest import run_script_main
 
 pytest.importorskip("datasets")
 pytest.importorskip("sacrebleu")
@@ -146,18 +147,19 @@ def test_a_damaged_scales_file_fails_before_any_data_work(tmp_path, capsys, monk
 )
 def test_help_and_argument_errors_answer_without_the_slow_imports(argv, expected):
     """--help and a bad option must not wait for the Trainer, datasets and the model code to import."""
-    import subprocess
-
-    code = (
-        "import sys; sys.argv = ['run_translation.py', *{!r}]\n"
-        "sys.path.insert(0, {!r})\n"
-        "try:\n    import run_translation; run_translation.main()\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('datasets', 'tokenizers', 'transformers.trainer', 'hf_gradinit.trainer.callback',"
-        " 'transformers.modeling_utils', 'transformers.models.marian.modeling_marian') if m in sys.modules]\n"
-        "print('HEAVY', heavy)"
-    ).format(argv, str(REPO / "examples" / "translation"))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert expected in done.stdout + done.stderr and "HEAVY []" in done.stdout, (done.stdout + done.stderr)[-800:]
+    output, loaded = run_script_main(
+        REPO / "examples" / "translation" / "run_translation.py",
+        argv,
+        (
+            "datasets",
+            "tokenizers",
+            "transformers.trainer",
+            "hf_gradinit.trainer.callback",
+            "transformers.modeling_utils",
+            "transformers.models.marian.modeling_marian",
+        ),
+    )
+    assert expected in output and loaded == [], (loaded, output[-800:])
 
 
 def test_bad_arguments_exit_with_clear_messages(tmp_path, capsys):

@@ -12,7 +12,9 @@ The names load on first use: the callback and ``make_model_init`` import transfo
 ``Trainer`` (seconds), which command-line parsing must not wait for.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_getattr
 
 _LAZY = {
     "GradInitCallback": "callback",
@@ -43,12 +45,7 @@ if TYPE_CHECKING:
     from .training_target import config_for_training, target_for_optim
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 __all__ = [
