@@ -92,6 +92,8 @@ class ScalesResult:
     display_name: ClassVar[str] = ""
     #: Fields a file must hold besides the ones every result has.
     required_fields: ClassVar[tuple[str, ...]] = ("scales", "init_norms")
+    #: Fields that map names to values (checked on load), whatever the class's annotations look like.
+    mapping_fields: ClassVar[tuple[str, ...]] = ("scales", "init_norms", "skipped", "config", "timings")
 
     scales: dict[str, float]
     init_norms: dict[str, float]
@@ -210,13 +212,10 @@ class ScalesResult:
                 + (f"missing fields {missing}" if missing else "")
                 + f" (a result has {sorted(known)})."
             )
-        for f in fields(cls):
-            value = data.get(f.name)
-            if f.type in ("dict[str, float]", "dict[str, str]", "dict[str, Any]") and value is not None:
-                if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-                    raise ValueError(
-                        f"{what}: {f.name!r} must map parameter names to values, got a {type(value).__name__}."
-                    )
+        for name in cls.mapping_fields:
+            value = data.get(name)
+            if value is not None and (not isinstance(value, dict) or not all(isinstance(k, str) for k in value)):
+                raise ValueError(f"{what}: {name!r} must map parameter names to values, got a {type(value).__name__}.")
         if not isinstance(data.get("history", []), list):
             raise ValueError(f"{what}: 'history' must be a list of records.")
         scales, norms = data["scales"], data["init_norms"]

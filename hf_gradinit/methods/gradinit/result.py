@@ -32,6 +32,7 @@ class GradInitResult(ScalesResult):
     initializer = "gradinit"
     display_name = "GradInit"
     required_fields = ("scales", "init_norms", "kinds")
+    mapping_fields = (*ScalesResult.mapping_fields, "kinds")
 
     kinds: dict[str, str] = field(default_factory=dict)
 
