@@ -188,6 +188,8 @@ def build_init_arguments() -> type:
             taken.add(flag)
             fields_.append((flag, *_option(hint, default, help)))
     fields_ += _TAIL
+    # make_dataclass writes each Field's name and type into it: copies, so _HEAD and _TAIL
+    # stay reusable for the next build.
     return dataclasses.make_dataclass(
         "InitArguments",
         [(name, hint, copy.copy(f)) for name, hint, f in fields_],
