@@ -110,6 +110,10 @@ class Collective:
     def mean(self, tensor: torch.Tensor) -> torch.Tensor:
         return self._reduce(tensor, "mean") if self.active else tensor
 
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over processes (partial sums of sharded tensors, see :mod:`hf_gradinit.sharding`)."""
+        return self._reduce(tensor, "sum") if self.active else tensor
+
     @torch.no_grad()
     def mean_(self, tensors: list[torch.Tensor]) -> None:
         """Average a list of tensors in place, one flat buffer per dtype (one collective each)."""

@@ -61,10 +61,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import Batch, BatchStream, LossFn, promote_half, to_device
-from .distributed import Collective
+from .distributed import Collective, world_size
 from .errors import GradInitError
 from .model_state import PreparedModel, model_device, seeded_rng
 from .scales import ParamInfo, excluded, refuse_shared_storage, scaled, trainable_parameters
+from .sharding import Shards, check_shardable
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +82,13 @@ class DataDrivenInitializer:
         prepared_hvp: What :class:`PreparedModel` prepares attention for: ``"exact"`` when the
             method differentiates through a gradient (double backward), else
             ``"finite_difference"`` (the model's own kernels stay).
+        supports_sharding: The method runs on FSDP2-sharded parameters (see
+            :mod:`hf_gradinit.sharding`): it then finds :class:`~hf_gradinit.sharding.Shards` in
+            ``self.shards`` at :meth:`setup` and works on local shards, summing across processes.
 
     Attributes the driver sets before :meth:`setup`: ``model``, ``config`` (checked and
-    resolved), ``loss_fn``, ``comm`` (the :class:`Collective`), ``device``. A method may set
+    resolved), ``loss_fn``, ``comm`` (the :class:`Collective`), ``device``, ``shards`` (``None``
+    unless the model is sharded). A method may set
     ``stage`` to a phrase ("during the orthonormal pre-initialisation") that a failure
     message then uses instead of the step count.
     """
@@ -94,6 +99,7 @@ class DataDrivenInitializer:
     step_noun: ClassVar[str] = "step"
     one_batch: ClassVar[bool] = False
     prepared_hvp: str = "finite_difference"
+    supports_sharding: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, config: Any, loss_fn: LossFn | None, comm: Collective):
         self.model = model
@@ -102,6 +108,7 @@ class DataDrivenInitializer:
         self.comm = comm
         self.device = model_device(model)
         self.stage: str | None = None
+        self.shards: Shards | None = None
 
     # -- hooks --------------------------------------------------------------------------------
     @classmethod
@@ -126,6 +133,9 @@ class DataDrivenInitializer:
                 " Check requires_grad (a frozen model has none)."
             )
         return infos
+
+    def check_sharding(self) -> None:
+        """Raise a :class:`GradInitError` for settings that cannot run on sharded parameters."""
 
     def seed(self) -> int:
         """The seed of torch's generators during the run."""
@@ -186,7 +196,10 @@ class ScaleLearner(DataDrivenInitializer):
     def select_scaled(self, infos: list[ParamInfo], prepared: PreparedModel) -> list[float]:
         """Set ``scaled_idx`` (positions in ``infos`` that get a scale) and ``skipped`` (name:
         why not); return every tensor's initial norm (float64)."""
-        norms = [float(torch.linalg.vector_norm(t, dtype=torch.float64)) for t in prepared.theta0]
+        squares = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64).square() for t in prepared.theta0])
+        if self.shards is not None:  # local shards: the whole tensor's norm is a sum over processes
+            squares = self.shards.sum(squares)
+        norms = squares.sqrt().tolist()
         self.skipped: dict[str, str] = {}
         self.scaled_idx: list[int] = []
         for i, info in enumerate(infos):
@@ -215,24 +228,6 @@ class ScaleLearner(DataDrivenInitializer):
         return final
 
 
-def _refuse_dtensor_parameters(model: nn.Module, name: str) -> None:
-    """Sharded parameters (FSDP2's ``fully_shard``, tensor parallelism) are DTensors: the working
-    copies, the functional gradients and the restore all assume plain tensors, and would fail
-    deep inside (or, worse, not at all), so refuse them up front."""
-    try:
-        from torch.distributed.tensor import DTensor
-    except ImportError:  # pragma: no cover - torch without distributed
-        return
-    sharded = [n for n, p in model.named_parameters() if isinstance(p, DTensor)]
-    if sharded:
-        raise GradInitError(
-            f"{name} cannot run on sharded parameters yet: {len(sharded)} parameter(s) of {type(model).__name__}"
-            f" are DTensors (first: {sharded[0]!r}; FSDP2's fully_shard or tensor parallelism). Run it on the"
-            " model before sharding it (every process builds the same model, so the result is the same on"
-            " all), or through Trainer(model_init=make_model_init(...)), which initialises before wrapping."
-        )
-
-
 def run(
     method: type[DataDrivenInitializer],
     model: nn.Module,
@@ -255,14 +250,24 @@ def run(
         raise GradInitError(f"{method.function_name} needs an nn.Module, got {type(model).__name__}.")
     if data is None:
         raise GradInitError(f"{name} needs batches of data: pass a list of batches or a DataLoader.")
-    _refuse_dtensor_parameters(model, name)
+    sharded = check_shardable(model, name, supported=method.supports_sharding)
     comm = Collective(distributed)
+    if sharded and distributed is False and world_size() > 1:
+        raise GradInitError(
+            f"{name} was given an FSDP2-sharded model with distributed=False: every sum over a sharded"
+            " tensor needs all its processes. Call it on every rank with distributed=None."
+        )
     runner = method(model, config, loss_fn, comm)
+    if sharded:
+        runner.check_sharding()
     infos = runner.parameters()
-    try:
-        refuse_shared_storage([(i.name, i.param) for i in infos])
-    except ValueError as err:
-        raise GradInitError(str(err)) from None
+    if sharded:
+        runner.shards = Shards(model, [i.param for i in infos], comm)
+    else:  # FSDP gives tied tensors one sharded parameter; only plain storage can be shared by mistake
+        try:
+            refuse_shared_storage([(i.name, i.param) for i in infos])
+        except ValueError as err:
+            raise GradInitError(str(err)) from None
     device = runner.device
     step = 0
     # The caller's RNG is kept around data loading too: iterating a DataLoader draws sampler
@@ -276,7 +281,7 @@ def run(
                 " already consumed. Pass a DataLoader or a list of batches (re-iterable data is cycled)."
             )
         try:
-            with PreparedModel(model, infos, hvp=runner.prepared_hvp) as prepared:
+            with PreparedModel(model, infos, hvp=runner.prepared_hvp, shards=runner.shards) as prepared:
                 first = batch = runner.prepare_batch(raw)
                 total = runner.setup(prepared, first)
                 setup_s = time.perf_counter() - started

@@ -17,6 +17,7 @@ from torch.func import functional_call
 from .batches import Batch, LossFn, model_loss
 from .config import FdScheme
 from .errors import GradInitError
+from .sharding import Shards
 
 Tensors = list[torch.Tensor]
 
@@ -42,6 +43,11 @@ class LossEvaluator:
     With ``compile=True`` first-order evaluations at the parameters' current values run
     through ``torch.compile`` (compiled on first use; double backward and substituted values
     stay eager, since compiled graphs have no double backward).
+
+    With ``shards`` (an FSDP2 model, see :mod:`hf_gradinit.sharding`) ``params`` are the local
+    shards the steps write into, and :meth:`grad` is the sharded backward: the local shards
+    of the gradient, already averaged over processes. Substituted values and double backward
+    are not available there.
     """
 
     def __init__(
@@ -52,10 +58,13 @@ class LossEvaluator:
         loss_fn: LossFn | None,
         *,
         compile: bool = False,
+        shards: Shards | None = None,
     ):
         self.model = model
         self.names = list(names)
-        self.params = list(params)
+        self.shards = shards
+        # The tensors the steps move in place: the parameters, or their local shards.
+        self.params = list(params) if shards is None else list(shards.local)
         self._module = _LossModule(model, loss_fn)
         self._compiled = torch.compile(self._module) if compile else None
         self._keys = [f"model.{n}" for n in self.names]
@@ -72,6 +81,8 @@ class LossEvaluator:
 
     def grad(self, batch: Batch, at: Tensors | None = None, create_graph: bool = False) -> tuple[torch.Tensor, Tensors]:
         """``(L, dL/dtheta)`` on ``batch``, at the model's parameters or at ``at``."""
+        if self.shards is not None:
+            return self._sharded_grad(batch, at, create_graph)
         if at is None and not create_graph and self._compiled is not None and not self._held:
             leaves, loss = self.params, self._compiled(batch)
         else:
@@ -90,11 +101,29 @@ class LossEvaluator:
             return loss, list(grads)
         return loss.detach(), _writable(grads)
 
+    def _sharded_grad(self, batch: Batch, at: Tensors | None, create_graph: bool) -> tuple[torch.Tensor, Tensors]:
+        if at is not None or create_graph or self._held:
+            raise GradInitError(
+                "On sharded parameters only first-order gradients at the parameters' own values are available"
+                " (FSDP's all-gather ignores substituted tensors and has no double backward)."
+            )
+        loss = self._module(batch)
+        if not loss.requires_grad:
+            raise GradInitError(
+                "The loss does not depend on the model's parameters (it has no gradient): loss_fn returned a"
+                " detached value or computed it under torch.no_grad(). Return the loss tensor itself; the model"
+                " was restored."
+            )
+        loss.backward()
+        return loss.detach(), self.shards.take_gradients()
+
     @contextlib.contextmanager
     def holding(self, module: nn.Module, name: str, value: torch.Tensor):
         """Inside, ``module.<name>`` reads ``value`` (a leaf of its own) instead of the tensor it
         shares with other modules; :meth:`grad` also returns its gradient in ``held_grads``.
         The shared parameter is put back on leaving, whatever happens."""
+        if self.shards is not None:
+            raise GradInitError("A held tensor cannot replace a sharded parameter (FSDP all-gathers its own).")
         original = module._parameters[name]
         leaf = nn.Parameter(value.detach(), requires_grad=True)
         module._parameters[name] = leaf
@@ -127,17 +156,28 @@ def _writable(grads: Sequence[torch.Tensor]) -> Tensors:
     return out
 
 
-def grad_norm(grads: Tensors, p: int) -> torch.Tensor:
-    """``||g||_p`` over all tensors together (``p`` is 1 or 2), as a 0-dim tensor."""
+def grad_norm(grads: Tensors, p: int, shards: Shards | None = None) -> torch.Tensor:
+    """``||g||_p`` over all tensors together (``p`` is 1 or 2), as a 0-dim tensor; with
+    ``shards``, ``grads`` are local shards and the norm is that of the whole tensors."""
     if not grads:
         return torch.zeros(())
     # Sums of non-negative terms: each tensor's norm is accurate in its own dtype (no float64
     # upcast of every gradient); only the total over tensors is taken in float64.
     total = torch.stack(torch._foreach_norm(grads, p)).to(torch.float64)
-    return total.sum() if p == 1 else total.square().sum().sqrt()
+    if shards is None:
+        return total.sum() if p == 1 else total.square().sum().sqrt()
+    partial = total.sum() if p == 1 else total.square().sum()
+    whole = shards.sum(partial)
+    return whole if p == 1 else whole.sqrt()
 
 
-def fd_step_size(theta: Tensors, direction: Tensors, rel: float | None = None, scheme: FdScheme = "central") -> float:
+def fd_step_size(
+    theta: Tensors,
+    direction: Tensors,
+    rel: float | None = None,
+    scheme: FdScheme = "central",
+    shards: Shards | None = None,
+) -> float:
     """Step ``eps`` of a finite difference of gradients along ``direction``.
 
     The perturbation ``eps v`` is ``rel * max(||theta||_2, 1)`` long. With ``u`` the machine
@@ -146,12 +186,12 @@ def fd_step_size(theta: Tensors, direction: Tensors, rel: float | None = None, s
     ``(grad(theta + eps v) - grad(theta)) / eps`` and like ``eps^2`` for a central one
     ``(grad(theta + eps v) - grad(theta - eps v)) / 2 eps``. The default ``rel`` balances
     the two: ``u^(1/2)`` (about 3e-4 in float32) for ``"forward"``, ``u^(1/3)`` (about 5e-3)
-    for ``"central"``.
+    for ``"central"``. With ``shards`` the norms are those of the whole tensors.
     """
     if rel is None:
         rel = torch.finfo(theta[0].dtype).eps ** (0.5 if scheme == "forward" else 1.0 / 3.0)
     # One device-to-host transfer for both norms.
-    theta_norm, v_norm = torch.stack([grad_norm(theta, 2), grad_norm(direction, 2)]).tolist()
+    theta_norm, v_norm = torch.stack([grad_norm(theta, 2, shards), grad_norm(direction, 2, shards)]).tolist()
     if v_norm == 0.0:
         return 0.0
     return rel * max(theta_norm, 1.0) / v_norm

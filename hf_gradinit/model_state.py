@@ -25,6 +25,7 @@ from torch import nn
 
 from .errors import GradInitError
 from .scales import ParamInfo, compute_dtype
+from .sharding import Shards, is_dtensor
 
 # transformers keeps its attention choice in config._attn_implementation; these two
 # run on torch ops that autograd can differentiate twice (SDPA on its math kernel).
@@ -61,12 +62,19 @@ class PreparedModel(contextlib.AbstractContextManager):
     (fp32 for half-precision models, else the parameter's own dtype) that the engine may
     overwrite. Call :meth:`commit` with the final values before leaving to keep them; leaving
     without it discards every change.
+
+    With ``shards`` (an FSDP2 model) the sharded parameters cannot be swapped (FSDP keeps its
+    own reference to their storage), so the run works in place on the local shards:
+    ``theta0[i]`` is then a copy of the local shard (memory 1/world-size of the model), the
+    local shards are written back from it on failure (bit for bit, every rank) or from the
+    final values on success, and any ``.grad`` the parameters held is put aside and restored.
     """
 
-    def __init__(self, model: nn.Module, params: list[ParamInfo], *, hvp: str):
+    def __init__(self, model: nn.Module, params: list[ParamInfo], *, hvp: str, shards: Shards | None = None):
         self.model = model
         self.params = params
         self.hvp = hvp
+        self.shards = shards
         self.theta0: list[torch.Tensor] = []
         self.original_dtypes: list[torch.dtype] = []
         self._final: dict[int, torch.Tensor] = {}
@@ -128,11 +136,16 @@ class PreparedModel(contextlib.AbstractContextManager):
         """Replace every parameter's and buffer's storage by GradInit's working copy, recording
         each swap in ``swapped`` as it is made."""
         trainable = {id(info.param) for info in self.params}
-        for info in self.params:
-            original = info.param.data
-            self.theta0.append(original)
-            self.original_dtypes.append(original.dtype)
+        if self.shards is not None:
+            self._enter_sharded(swapped)
+        else:
+            for info in self.params:
+                original = info.param.data
+                self.theta0.append(original)
+                self.original_dtypes.append(original.dtype)
         seen: set[int] = set()
+        if self.shards is not None:  # sharded parameters (frozen ones too) stay where they are
+            seen.update(id(p) for p in self.model.parameters() if is_dtensor(p))
         for p in self.model.parameters():
             if id(p) in seen:
                 continue
@@ -156,16 +169,37 @@ class PreparedModel(contextlib.AbstractContextManager):
                 module._buffers[name] = buf.to(dtype, copy=True)
                 swapped.append((module._buffers, name, buf))
 
+    def _enter_sharded(self, swapped: list[tuple[Any, str, torch.Tensor]]) -> None:
+        assert self.shards is not None
+        grads = [(p, p.grad) for p in self.model.parameters() if p.grad is not None]
+        for p, _ in grads:
+            p.grad = None  # the sharded backward accumulates into .grad
+        swapped.append((grads, "grad", torch.empty(0)))
+        for info, local in zip(self.params, self.shards.local, strict=True):
+            copy = local.clone()
+            self.theta0.append(copy)
+            self.original_dtypes.append(local.dtype)
+            swapped.append((info.param, "shard", copy))
+
     def _restore_tensors(self, swapped: list[tuple[Any, str, torch.Tensor]]) -> None:
         with torch.no_grad():
             for obj, name, original in reversed(swapped):
-                final = self._final.get(id(obj)) if name == "data" else None
+                if name == "grad":
+                    for p, g in obj:
+                        p.grad = g
+                    continue
+                final = self._final.get(id(obj)) if name in ("data", "shard") else None
+                if name == "shard":
+                    obj.to_local().copy_(original if final is None else final)
+                    continue
                 if final is not None:
                     original.copy_(final)
                 if name == "data":
                     obj.data = original
                 else:
                     obj[name] = original
+            if self.shards is not None:
+                self.shards.reshard()
 
     def _prepare_attention(self) -> None:
         config = getattr(self.model, "config", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import subprocess
@@ -114,13 +115,58 @@ def test_scales_match_single_process_run_over_the_union_of_shards(ranks):
 FSDP2_WORKER = Path(__file__).parent / "scripts" / "fsdp2_worker.py"
 
 
-def test_sharded_fsdp2_parameters_are_refused_clearly_on_every_rank(tmp_path):
-    """Until GradInit runs on sharded parameters, an FSDP2 model gets a message naming the working
-    routes (initialise before sharding, or model_init), not an error from deep inside torch."""
-    _torchrun(FSDP2_WORKER, tmp_path, timeout=240)
-    for r in range(2):
-        result = torch.load(tmp_path / f"rank{r}.pt", weights_only=False)
-        assert result["is_fsdp"] and result["unchanged"]
-        for name, error in result["errors"].items():
-            assert error is not None and error.startswith("GradInitError: "), (name, error)
-            assert "cannot run on sharded parameters yet" in error and "before sharding" in error, error
+@pytest.fixture(scope="module", params=["marian", "gpt2"])
+def fsdp2_ranks(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"fsdp2_{request.param}")
+    _torchrun(FSDP2_WORKER, out, request.param, timeout=400)
+    return [torch.load(out / f"{request.param}_rank{r}.pt", weights_only=False) for r in range(2)]
+
+
+def test_fsdp2_run_really_is_sharded_and_uneven(fsdp2_ranks):
+    """Guards against testing DDP by mistake: the model is an FSDPModule with DTensor
+    parameters, and the odd vocabulary gives the two ranks shards of different sizes."""
+    r0, r1 = fsdp2_ranks
+    assert r0["is_fsdp"] and r1["is_fsdp"] and r0["dtensors"] > 0
+    assert any(r0["local_shapes"][n] != r1["local_shapes"][n] for n in r0["local_shapes"])
+
+
+def test_fsdp2_gradinit_equals_the_unsharded_ddp_run(fsdp2_ranks):
+    """Same batches per rank, same config: the sharded run's gradient norms, step kinds, scales
+    and full weights equal the unsharded run's (averaged across the ranks as under DDP). The
+    tolerance is the finite-difference HVP's: its rounding error is about sqrt(u) relative, and
+    the two runs sum in different orders (reduce-scatter against all-reduce)."""
+    for r in fsdp2_ranks:
+        assert r["kinds"] == r["reference_kinds"] and set(r["kinds"]) == {"constraint", "objective"}
+        assert r["grad_norms"] == pytest.approx(r["reference_grad_norms"], rel=1e-5)
+        assert r["init_norms"] == pytest.approx(r["reference_init_norms"], rel=1e-12)
+        assert set(r["scales"]) == set(r["reference_scales"])
+        for name, a in r["reference_scales"].items():
+            assert r["scales"][name] == pytest.approx(a, rel=1e-4), name
+        assert sum(a != 1.0 for a in r["scales"].values()) == len(r["scales"])
+        for name, w in r["reference_weights"].items():
+            torch.testing.assert_close(r["weights"][name], w, rtol=1e-4, atol=1e-5, msg=name)
+        assert r["grads_left"] == [] and math.isfinite(r["loss_after"])
+
+
+def test_fsdp2_every_rank_ends_identical(fsdp2_ranks):
+    r0, r1 = fsdp2_ranks
+    assert r0["scales"] == r1["scales"] and r0["kinds"] == r1["kinds"]
+    for name, w in r0["weights"].items():
+        assert torch.equal(w, r1["weights"][name]), name
+
+
+def test_fsdp2_a_failure_on_one_rank_restores_every_rank(fsdp2_ranks):
+    for r in fsdp2_ranks:
+        assert r["failure"] is not None and r["failure"].startswith("GradInitError")
+        assert "restored" in r["failure"]
+        assert r["restored"] and math.isfinite(r["loss_after_failure"])
+
+
+def test_fsdp2_refuses_what_cannot_run_sharded_and_changes_nothing(fsdp2_ranks):
+    for r in fsdp2_ranks:
+        refused = r["refusals"]
+        assert "hvp='exact'" in refused["exact"] and "before sharding" in refused["exact"]
+        for name in ("lsuv", "metainit"):
+            assert "cannot run on sharded parameters" in refused[name] and "GradInit runs on FSDP2" in refused[name]
+        assert "distributed=False" in refused["not_distributed"]
+        assert r["unchanged_by_refusals"]

@@ -101,6 +101,7 @@ class GradInit(ScaleLearner):
     function_name = "gradinit"
     config_class = GradInitConfig
     step_noun = "iteration"
+    supports_sharding = True
 
     @classmethod
     def checked_config(cls, config: Any) -> GradInitConfig:
@@ -109,11 +110,24 @@ class GradInit(ScaleLearner):
     def parameters(self) -> list[ParamInfo]:
         self.infos = infos = super().parameters()
         self.p = self.config.norm_order
-        self.evaluator = LossEvaluator(
-            self.model, [i.name for i in infos], [i.param for i in infos], self.loss_fn, compile=self.config.compile
-        )
         self.history: list[dict] = []
         return infos
+
+    def check_sharding(self) -> None:
+        cfg = self.config
+        refused = {
+            "hvp='exact'": cfg.hvp == "exact",
+            "tied_lookahead='input_only'": cfg.tied_lookahead == "input_only",
+            "compile=True": cfg.compile,
+        }
+        bad = [k for k, v in refused.items() if v]
+        if bad:
+            raise GradInitError(
+                f"GradInit on an FSDP2-sharded model cannot use {', '.join(bad)}: the sharded backward is first"
+                " order, FSDP all-gathers its own parameters (no substituted tensor can be read) and the"
+                " compiled path is not tested with FSDP. Use the defaults (hvp='finite_difference',"
+                " tied_lookahead='all', compile=False), or run GradInit before sharding."
+            )
 
     @property
     def prepared_hvp(self) -> str:  # type: ignore[override]
@@ -133,6 +147,15 @@ class GradInit(ScaleLearner):
     def setup(self, prepared: PreparedModel, batch: Batch) -> int:
         cfg = self.config
         self.prepared = prepared
+        infos = self.infos
+        self.evaluator = LossEvaluator(
+            self.model,
+            [i.name for i in infos],
+            [i.param for i in infos],
+            self.loss_fn,
+            compile=cfg.compile,
+            shards=self.shards,
+        )
         norms = self.select_scaled(self.infos, prepared)
         self.init_norms = {self.infos[i].name: norms[i] for i in self.scaled_idx}
         kinds = [self.infos[i].kind for i in self.scaled_idx]
@@ -150,9 +173,10 @@ class GradInit(ScaleLearner):
         )
         self.held = self._tied_output() if cfg.tied_lookahead == "input_only" else None
         self.theta0_scaled = [prepared.theta0[i] for i in self.scaled_idx]
-        # The parameters' working copies: the steps write theta' and theta + eps v into them,
-        # and every iteration ends by resetting them to alpha * theta0.
-        self.working = [info.param.data for info in self.infos]
+        # The parameters' working copies (on a sharded model, their local shards): the steps
+        # write theta' and theta + eps v into them, and every iteration ends by resetting them
+        # to alpha * theta0.
+        self.working = list(self.evaluator.params) if self.shards is not None else [i.param.data for i in self.infos]
         self.working_scaled = [self.working[i] for i in self.scaled_idx]
         logger.info(
             "GradInit: rescaling %d tensors (%d skipped) of %s; target=%s eta=%g gamma=%g (||g||_%d),"
@@ -185,9 +209,11 @@ class GradInit(ScaleLearner):
         s, s_tilde = split_batch(batch, cfg.overlap)
         loss, grads = ev.grad(s)
         # As a DDP step would: one gradient for the union of all processes' shards, so every
-        # process forms the same virtual step and sees the same norm.
-        self.comm.mean_(grads)
-        gnorm = grad_norm(grads, self.p)
+        # process forms the same virtual step and sees the same norm. (FSDP's reduce-scatter
+        # has already averaged a sharded model's gradients.)
+        if self.shards is None:
+            self.comm.mean_(grads)
+        gnorm = grad_norm(grads, self.p, self.shards)
         # The one synchronisation the branch needs: loss and norm in one transfer.
         loss_value, gnorm_value = torch.stack([self.comm.mean(loss).to(gnorm), gnorm]).tolist()
         self._check_finite(step, loss=loss_value, grad_norm=gnorm_value)
@@ -205,7 +231,12 @@ class GradInit(ScaleLearner):
             record["objective"] = lookahead / cfg.eta
             self._check_finite(step, lookahead_loss=lookahead)
         del grads
-        scale_grad = self.comm.mean(scale_grad)
+        if self.shards is None:
+            scale_grad = self.comm.mean(scale_grad)
+        else:
+            # Each process holds <averaged gradient, theta0> over its own shards: the whole
+            # product is the sum, which equals the mean of per-process products of a DDP run.
+            scale_grad = self.shards.sum(scale_grad)
         scale_grad = scale_grad.cpu()
         if not bool(torch.isfinite(scale_grad).all()):
             bad = [self.infos[self.scaled_idx[j]].name for j in torch.nonzero(~torch.isfinite(scale_grad)).flatten()]

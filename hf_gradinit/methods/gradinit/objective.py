@@ -121,7 +121,7 @@ def hvp_finite_difference(
     params = evaluator.params
     scheme: FdScheme = "forward" if grad_at_theta is not None else "central"
     with torch.no_grad():
-        eps = fd_step_size(params, direction, rel, scheme)
+        eps = fd_step_size(params, direction, rel, scheme, evaluator.shards)
     if eps == 0.0:
         return [torch.zeros_like(t) for t in params]
     with torch.no_grad():
