@@ -53,6 +53,8 @@ class InitializerSpec:
             (``GradInitResult`` for GradInit), so a saved result re-applies to a freshly built
             model instead of the work being done twice.
         description: One line for ``--help``.
+        supports_sharding: It runs on an FSDP2-sharded model (on each process's shards); the
+            Trainer callback refuses the others under FSDP2 and names the ``model_init`` route.
     """
 
     name: str
@@ -61,6 +63,7 @@ class InitializerSpec:
     config_class: type | None = None
     result_class: type | None = None
     description: str = ""
+    supports_sharding: bool = False
 
     @property
     def can_reapply(self) -> bool:
@@ -87,6 +90,7 @@ def register_initializer(
     config_class: type | None = None,
     result_class: type | None = None,
     description: str = "",
+    supports_sharding: bool = False,
     overwrite: bool = False,
 ) -> Callable[[Initializer], Initializer]:
     """Decorator that registers an initialiser under ``name`` (see the module docstring)."""
@@ -106,7 +110,9 @@ def register_initializer(
                 f"register_initializer({name!r}): result_class must have load(path) and apply(model, *,"
                 f" allow_partial=False); {getattr(result_class, '__name__', result_class)!r} does not."
             )
-        _REGISTRY[name] = InitializerSpec(name, fn, needs_data, config_class, result_class, description)
+        _REGISTRY[name] = InitializerSpec(
+            name, fn, needs_data, config_class, result_class, description, supports_sharding
+        )
         return fn
 
     return decorate

@@ -170,3 +170,26 @@ def test_fsdp2_refuses_what_cannot_run_sharded_and_changes_nothing(fsdp2_ranks):
             assert "cannot run on sharded parameters" in refused[name] and "GradInit runs on FSDP2" in refused[name]
         assert "distributed=False" in refused["not_distributed"]
         assert r["unchanged_by_refusals"]
+
+
+FSDP2_TRAINER_WORKER = Path(__file__).parent / "scripts" / "fsdp2_trainer_worker.py"
+
+
+def test_gradinit_callback_runs_inside_trainer_on_an_fsdp2_model(tmp_path):
+    """The Trainer route under FSDP2. On CPU accelerate turns an FSDP request into DDP, so the
+    worker sets accelerate's state by hand (distributed type FSDP, an FSDP2 plugin); the Trainer
+    then shards the GPT-2 with accelerate's own fsdp2_prepare_model before on_train_begin.
+    GradInit's scales equal those of the same training under plain DDP, and so does training."""
+    _torchrun(FSDP2_TRAINER_WORKER, tmp_path, timeout=400)
+    r0, r1 = (torch.load(tmp_path / f"trainer_rank{r}.pt", weights_only=False) for r in range(2))
+    for r in (r0, r1):
+        fsdp, ddp = r["fsdp"], r["ddp"]
+        assert fsdp["is_fsdp"] and fsdp["param_type"] == "DTensor" and not ddp["is_fsdp"]
+        assert fsdp["kinds"] == ddp["kinds"] and set(fsdp["kinds"]) == {"constraint", "objective"}
+        for name, a in ddp["scales"].items():
+            assert fsdp["scales"][name] == pytest.approx(a, rel=1e-4), name
+        for name, w in ddp["weights_after_training"].items():
+            torch.testing.assert_close(fsdp["weights_after_training"][name], w, rtol=1e-4, atol=1e-5, msg=name)
+        assert fsdp["losses"] == pytest.approx(ddp["losses"], rel=1e-4)
+        assert fsdp["logged"] and fsdp["logged"][0]["gradinit/iterations"] == 5
+    assert r0["fsdp"]["scales"] == r1["fsdp"]["scales"]

@@ -250,24 +250,53 @@ def test_plain_cnn_module_with_trainer(tmp_path):
     assert trainer.state.global_step == 3
 
 
-def test_callback_refuses_deepspeed_and_fsdp(tmp_path, monkeypatch):
+def test_callback_refuses_deepspeed_and_fsdp1_and_tells_a_fsdp2_fallback(tmp_path, monkeypatch, caplog):
     from types import SimpleNamespace
 
-    from hf_gradinit.trainer.callback import _refuse_sharded
+    from hf_gradinit import get_initializer
+    from hf_gradinit.trainer.callback import _check_sharding
 
+    gradinit_spec, lsuv_spec = get_initializer("gradinit"), get_initializer("lsuv")
+    plain = torch.nn.Linear(2, 2)
     args = training_args(tmp_path)
-    _refuse_sharded(args, torch.nn.Linear(2, 2))  # plain DDP / single process: fine
-    args.fsdp = ["full_shard"]
-    with pytest.raises(GradInitError, match=r"FSDP.*model_init"):
-        _refuse_sharded(args, torch.nn.Linear(2, 2))
+    _check_sharding(args, plain, gradinit_spec, None)  # plain DDP / single process: fine
+    args = training_args(tmp_path, fsdp=True, fsdp_config={"version": 1})
+    with pytest.raises(GradInitError, match=r"FSDP1.*fsdp_version: 2.*model_init"):
+        _check_sharding(args, plain, gradinit_spec, None)
+    # FSDP2 asked for, but accelerate fell back to DDP (no GPU): the model is not sharded, so it
+    # runs as under DDP and says so (LSUV too: nothing is sharded).
+    args = training_args(tmp_path, fsdp=True, fsdp_config={"version": 2})
+    with caplog.at_level("WARNING", logger="hf_gradinit.trainer.callback"):
+        _check_sharding(args, plain, gradinit_spec, None)
+        _check_sharding(args, plain, lsuv_spec, None)
+    assert "not sharded" in caplog.text and "falls back to DDP" in caplog.text
     args = training_args(tmp_path)
     # chosen by `accelerate launch` (its config reaches the Trainer through these variables)
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(GradInitError, match="DeepSpeed"):
-        _refuse_sharded(args, torch.nn.Linear(2, 2))
+    with pytest.raises(GradInitError, match=r"DeepSpeed.*model_init"):
+        _check_sharding(args, plain, gradinit_spec, None)
     monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
-    with pytest.raises(GradInitError, match="model_builder"):
-        _refuse_sharded(args, torch.nn.Linear(2, 2), SimpleNamespace(is_fsdp_enabled=True))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(GradInitError, match="FSDP1"):
+        _check_sharding(args, plain, gradinit_spec, None)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
+    monkeypatch.delenv("FSDP_VERSION")
+    with pytest.raises(GradInitError, match=r"FSDP1.*model_builder"):
+        _check_sharding(args, plain, gradinit_spec, SimpleNamespace(is_fsdp_enabled=True))
+
+
+def test_trainer_init_kwargs_keeps_the_callback_route_under_fsdp2_for_gradinit_only(tmp_path):
+    from hf_gradinit import InitArguments, InitializerCallback, trainer_init_kwargs
+
+    args = training_args(tmp_path, fsdp=True, fsdp_config={"version": 2})
+    kwargs = trainer_init_kwargs(InitArguments(model_init="gradinit"), args, model=tiny_marian())
+    assert isinstance(kwargs["callbacks"][0], InitializerCallback)
+    with pytest.raises(GradInitError, match=r"'lsuv' cannot run on an FSDP2.*model_builder"):
+        trainer_init_kwargs(InitArguments(model_init="lsuv"), args, model=tiny_marian())
+    args = training_args(tmp_path, fsdp=True, fsdp_config={"version": 1})
+    with pytest.raises(GradInitError, match="FSDP1"):
+        trainer_init_kwargs(InitArguments(model_init="gradinit"), args, model=tiny_marian())
 
 
 @pytest.mark.parametrize(

@@ -249,25 +249,24 @@ def trainer_init_kwargs(
     """Keyword arguments for ``Trainer(...)`` that run the chosen initialiser.
 
     With ``model`` it returns ``{"model": model, "callbacks": [...]}``: the callback route,
-    on the Trainer's own training data. With ``model_builder`` (required under DeepSpeed or
-    FSDP) it returns ``{"model_init": ...}``, learning once on ``data`` or on batches of
+    on the Trainer's own training data; under FSDP2 (``fsdp_version: 2``) GradInit then runs
+    on the sharded model. With ``model_builder`` (required under DeepSpeed and FSDP1, and for
+    the other initialisers under FSDP2) it returns ``{"model_init": ...}``, learning once on ``data`` or on batches of
     ``train_dataset`` + ``data_collator``. ``callbacks`` are your own callbacks, kept.
     """
-    from .callback import InitializerCallback, _ShardedBatches, _sharding, gradinit_batch_size
+    from .callback import InitializerCallback, _refusal, _requested_sharding, _ShardedBatches, gradinit_batch_size
     from .model_init import make_model_init
 
     init_args.validate(training_args)
     callbacks = list(callbacks or [])
     config = init_args.initializer_config()
-    sharded = _sharding(training_args, None) is not None
+    requested = _requested_sharding(training_args)
     if (model is None) == (model_builder is None):
         raise ValueError("Pass exactly one of model= (callback route) or model_builder= (model_init route).")
     if model is not None:
-        if sharded and init_args.model_init != "default":
-            raise GradInitError(
-                "Under DeepSpeed or FSDP the model must be initialised before wrapping: pass"
-                " model_builder= (a function returning a fresh model) instead of model=."
-            )
+        spec = get_initializer(init_args.model_init)
+        if requested is not None and spec.name != "default" and not (requested == "FSDP2" and spec.supports_sharding):
+            raise _refusal(requested, spec.name)
         if init_args.model_init != "default":
             callbacks.append(
                 InitializerCallback(

@@ -6,10 +6,13 @@ Two routes, one result:
   runs at ``on_train_begin``, on batches from the Trainer's own training data, after the
   model is wrapped and before the first optimizer step. It rescales in place, so the
   optimizer's parameter references stay valid, and it works under DDP (every process
-  learns the same scales). It refuses DeepSpeed and FSDP, which copy or shard parameters.
+  learns the same scales) and, for GradInit, on FSDP2-sharded models (``fsdp_version: 2``:
+  it works on each process's shards, see :mod:`hf_gradinit.sharding`). It refuses DeepSpeed
+  and FSDP1, which copy or flatten the parameters.
 * :func:`make_model_init` returns a ``model_init`` for ``Trainer(model_init=...)`` and
-  ``hyperparameter_search``: it initialises before any wrapping, so it also serves DeepSpeed
-  and FSDP, and it learns once per setting and re-applies the result on later calls.
+  ``hyperparameter_search``: it initialises before any wrapping (the whole model on every
+  process), so it also serves DeepSpeed and FSDP1, and it learns once per setting and
+  re-applies the result on later calls.
 
 GradInit models the optimizer you train with: when ``eta`` or ``target`` is unset, both
 routes read them from ``TrainingArguments`` (``learning_rate``, ``optim``).
@@ -36,44 +39,76 @@ from ..errors import GradInitError
 from ..methods.gradinit.config import GradInitConfig
 from ..model_state import model_device
 from ..registry import InitializerSpec, get_initializer
+from ..sharding import is_fsdp1, is_fsdp2
 from ..token_batches import dataset_lengths, token_batches
 from .training_target import config_for_training
 
 logger = logging.getLogger(__name__)
 
 
-def _sharding(args: TrainingArguments, model: nn.Module | None, trainer: Trainer | None = None) -> str | None:
-    """What partitions or copies the parameters after wrapping, if anything: DeepSpeed or FSDP
-    chosen in ``TrainingArguments``, by ``accelerate launch`` (its config sets these
-    environment variables), seen by the Trainer, or visible on the wrapped model."""
-    if getattr(args, "deepspeed", None) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
-        return "DeepSpeed"
-    if getattr(args, "fsdp", None) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):
-        return "FSDP"
-    if trainer is not None and (
-        getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False)
-    ):
-        return "DeepSpeed or FSDP"
-    if model is not None:
-        from torch.distributed import fsdp
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true")
 
-        if type(model).__name__ in ("DeepSpeedEngine", "FullyShardedDataParallel") or (
-            hasattr(fsdp, "FSDPModule") and isinstance(model, fsdp.FSDPModule)
-        ):
-            return type(model).__name__
+
+def _requested_sharding(args: TrainingArguments | None) -> str | None:
+    """What ``TrainingArguments`` or ``accelerate launch`` (its config sets environment
+    variables) ask for: ``"DeepSpeed"``, ``"FSDP1"``, ``"FSDP2"`` or ``None``."""
+    if (args is not None and getattr(args, "deepspeed", None)) or _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        return "DeepSpeed"
+    if (args is not None and getattr(args, "fsdp", None)) or _env_flag("ACCELERATE_USE_FSDP"):
+        fsdp_config = (getattr(args, "fsdp_config", None) or {}) if args is not None else {}
+        version = fsdp_config.get("version", fsdp_config.get("fsdp_version")) or os.environ.get("FSDP_VERSION", "1")
+        return "FSDP2" if str(version) == "2" else "FSDP1"
     return None
 
 
-def _refuse_sharded(args: TrainingArguments, model: nn.Module | None, trainer: Trainer | None = None) -> None:
-    found = _sharding(args, model, trainer)
-    if found is not None:
-        raise GradInitError(
-            f"The initialiser callback cannot run under {found}: DeepSpeed and FSDP keep fp32 master"
-            " copies or shard the parameters after wrapping, so rescaling the wrapped model in place would"
-            " be lost or partial. Initialise before wrapping instead: Trainer(model_init="
-            "make_model_init(build_model, train_batches, config, training_args=args)), or with"
-            " InitArguments, trainer_init_kwargs(..., model_builder=build_model)."
+def _actual_sharding(model: nn.Module, trainer: Trainer | None = None) -> str | None:
+    """What the model the Trainer hands over really is: a request for FSDP can fall back to DDP
+    (accelerate does so on a machine without GPUs), so the model, not the arguments, decides."""
+    if is_fsdp2(model):
+        return "FSDP2"
+    if type(model).__name__ == "DeepSpeedEngine" or getattr(trainer, "is_deepspeed_enabled", False):
+        return "DeepSpeed"
+    if is_fsdp1(model) or getattr(trainer, "is_fsdp_enabled", False):
+        return "FSDP1"
+    return None
+
+
+def _refusal(found: str, name: str) -> GradInitError:
+    if found == "FSDP2":
+        return GradInitError(
+            f"Initialiser {name!r} cannot run on an FSDP2-sharded model (only GradInit works on local shards)."
+            " Initialise before sharding: Trainer(model_init=make_model_init(build_model, train_batches, ...)),"
+            " or trainer_init_kwargs(..., model_builder=build_model)."
         )
+    why = (
+        "DeepSpeed partitions the parameters (ZeRO-3) and keeps fp32 master copies in its optimizer"
+        if found == "DeepSpeed"
+        else "FSDP1 flattens the parameters into one sharded buffer, so no tensor has a scale of its own"
+    )
+    return GradInitError(
+        f"The initialiser callback cannot run under {found}: {why}, so rescaling the wrapped model in place"
+        " would be lost or partial. Shard with FSDP2 instead (fsdp_version: 2, where GradInit runs on the"
+        " shards), or initialise before wrapping: Trainer(model_init=make_model_init(build_model,"
+        " train_batches, config, training_args=args)), or trainer_init_kwargs(..., model_builder=build_model)."
+    )
+
+
+def _check_sharding(args: TrainingArguments, model: nn.Module, spec: InitializerSpec, trainer: Trainer | None) -> None:
+    found = _actual_sharding(model, trainer)
+    requested = _requested_sharding(args)
+    if found is None and requested is not None:
+        if requested != "FSDP2":
+            # The wrapped model is not visible (yet) but DeepSpeed or FSDP1 will own the parameters.
+            raise _refusal(requested, spec.name)
+        logger.warning(
+            "FSDP2 was requested, but the model the Trainer passed is not sharded (accelerate falls back to DDP"
+            " on a machine without GPUs): %s runs as under DDP, every process learning the same result.",
+            spec.name,
+        )
+        return
+    if found is not None and not (found == "FSDP2" and spec.supports_sharding):
+        raise _refusal(found, spec.name)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -277,7 +312,7 @@ class InitializerCallback(TrainerCallback):
         if (self._done_for is not None and self._done_for() is core) or self.spec.name == "default":
             return
         trainer = self.trainer
-        _refuse_sharded(args, model, trainer)
+        _check_sharding(args, model, self.spec, trainer)
         config = self._config(args, state)
         if self.result_file is not None:
             if not self.spec.can_reapply:

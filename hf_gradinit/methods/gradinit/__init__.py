@@ -14,6 +14,7 @@ register_initializer(
     "gradinit",
     config_class=GradInitConfig,
     result_class=GradInitResult,
+    supports_sharding=True,
     description="GradInit (Zhu et al., 2021): learned per-tensor scales for one step of your optimizer",
 )(gradinit)
 
