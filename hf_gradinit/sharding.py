@@ -171,7 +171,9 @@ class Shards:
         for p, local in zip(self.params, self.local, strict=True):
             g = p.grad
             p.grad = None
-            # Views into FSDP's reduce-scatter output, each its own slice: writable in place.
-            grads.append(torch.zeros_like(local) if g is None else g.to_local())
+            # Copied: the local gradient is a view into FSDP's reduction buffer, which may be
+            # larger than the shard (gloo has no reduce-scatter, so it all-reduces the whole
+            # gradient and slices it); a view would keep the whole buffer alive.
+            grads.append(torch.zeros_like(local) if g is None else g.to_local().clone())
         self.reshard()
         return grads
