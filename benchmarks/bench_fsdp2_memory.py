@@ -61,9 +61,7 @@ def worker(out: Path) -> None:
         p.grad = None
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
-    result = hg.gradinit(
-        model, data, hg.GradInitConfig(iters=ITERS, eta=1e-3, show_progress=False), loss_fn=loss_fn
-    )
+    result = hg.gradinit(model, data, hg.GradInitConfig(iters=ITERS, eta=1e-3, show_progress=False), loss_fn=loss_fn)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     local = sum(p.to_local().numel() * 4 for p in model.parameters())

@@ -88,12 +88,7 @@ class LossEvaluator:
         else:
             leaves = self.params if at is None else [t.detach().requires_grad_(True) for t in at]
             loss = self.loss(batch, leaves)
-        if not loss.requires_grad:
-            raise GradInitError(
-                "The loss does not depend on the model's parameters (it has no gradient): loss_fn returned a"
-                " detached value (.detach(), .item(), a new tensor) or computed it under torch.no_grad()."
-                " Return the loss tensor itself; the model was restored."
-            )
+        _require_graph(loss)
         grads = torch.autograd.grad(loss, [*leaves, *self._held], create_graph=create_graph, materialize_grads=True)
         self.held_grads = list(grads[len(leaves) :])
         grads = grads[: len(leaves)]
@@ -108,12 +103,7 @@ class LossEvaluator:
                 " (FSDP's all-gather ignores substituted tensors and has no double backward)."
             )
         loss = self._module(batch)
-        if not loss.requires_grad:
-            raise GradInitError(
-                "The loss does not depend on the model's parameters (it has no gradient): loss_fn returned a"
-                " detached value or computed it under torch.no_grad(). Return the loss tensor itself; the model"
-                " was restored."
-            )
+        _require_graph(loss)
         loss.backward()
         return loss.detach(), self.shards.take_gradients()
 
@@ -136,6 +126,15 @@ class LossEvaluator:
             self.held_grads = []
 
 
+def _require_graph(loss: torch.Tensor) -> None:
+    if not loss.requires_grad:
+        raise GradInitError(
+            "The loss does not depend on the model's parameters (it has no gradient): loss_fn returned a"
+            " detached value (.detach(), .item(), a new tensor) or computed it under torch.no_grad()."
+            " Return the loss tensor itself; the model was restored."
+        )
+
+
 def _writable(grads: Sequence[torch.Tensor]) -> Tensors:
     """The gradients, each with memory of its own, so the steps may update them in place.
 
@@ -156,19 +155,26 @@ def _writable(grads: Sequence[torch.Tensor]) -> Tensors:
     return out
 
 
+def _partial_norm(grads: Tensors, p: int) -> torch.Tensor:
+    """``sum |g|`` (``p = 1``) or ``sum g^2`` (``p = 2``) over all tensors, in float64: what adds
+    up across shards."""
+    if not grads:
+        return torch.zeros((), dtype=torch.float64)
+    # Sums of non-negative terms: each tensor's norm is accurate in its own dtype (no float64
+    # upcast of every gradient); only the total over tensors is taken in float64.
+    total = torch.stack(torch._foreach_norm(grads, p)).to(torch.float64)
+    return total.sum() if p == 1 else total.square().sum()
+
+
 def grad_norm(grads: Tensors, p: int, shards: Shards | None = None) -> torch.Tensor:
     """``||g||_p`` over all tensors together (``p`` is 1 or 2), as a 0-dim tensor; with
     ``shards``, ``grads`` are local shards and the norm is that of the whole tensors."""
     if not grads:
         return torch.zeros(())
-    # Sums of non-negative terms: each tensor's norm is accurate in its own dtype (no float64
-    # upcast of every gradient); only the total over tensors is taken in float64.
-    total = torch.stack(torch._foreach_norm(grads, p)).to(torch.float64)
-    if shards is None:
-        return total.sum() if p == 1 else total.square().sum().sqrt()
-    partial = total.sum() if p == 1 else total.square().sum()
-    whole = shards.sum(partial)
-    return whole if p == 1 else whole.sqrt()
+    partial = _partial_norm(grads, p)
+    if shards is not None:
+        partial = shards.sum(partial)
+    return partial if p == 1 else partial.sqrt()
 
 
 def fd_step_size(
@@ -190,8 +196,11 @@ def fd_step_size(
     """
     if rel is None:
         rel = torch.finfo(theta[0].dtype).eps ** (0.5 if scheme == "forward" else 1.0 / 3.0)
-    # One device-to-host transfer for both norms.
-    theta_norm, v_norm = torch.stack([grad_norm(theta, 2, shards), grad_norm(direction, 2, shards)]).tolist()
+    # One device-to-host transfer (and on shards one all-reduce) for both norms.
+    squares = torch.stack([_partial_norm(theta, 2), _partial_norm(direction, 2)])
+    if shards is not None:
+        squares = shards.sum(squares)
+    theta_norm, v_norm = squares.sqrt().tolist()
     if v_norm == 0.0:
         return 0.0
     return rel * max(theta_norm, 1.0) / v_norm

@@ -174,7 +174,7 @@ class PreparedModel(contextlib.AbstractContextManager):
         grads = [(p, p.grad) for p in self.model.parameters() if p.grad is not None]
         for p, _ in grads:
             p.grad = None  # the sharded backward accumulates into .grad
-        swapped.append((grads, "grad", torch.empty(0)))
+        self._stack.callback(lambda: [setattr(p, "grad", g) for p, g in grads])
         for info, local in zip(self.params, self.shards.local, strict=True):
             copy = local.clone()
             self.theta0.append(copy)
@@ -184,10 +184,6 @@ class PreparedModel(contextlib.AbstractContextManager):
     def _restore_tensors(self, swapped: list[tuple[Any, str, torch.Tensor]]) -> None:
         with torch.no_grad():
             for obj, name, original in reversed(swapped):
-                if name == "grad":
-                    for p, g in obj:
-                        p.grad = g
-                    continue
                 final = self._final.get(id(obj)) if name in ("data", "shard") else None
                 if name == "shard":
                     obj.to_local().copy_(original if final is None else final)

@@ -18,6 +18,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, 
 
 import hf_gradinit as hg
 
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from test_trainer import training_args
+
 
 class Rows(torch.utils.data.Dataset):
     def __init__(self, n: int = 96):
@@ -42,18 +45,7 @@ class Seen(TrainerCallback):
 def run(out: Path, fsdp: bool) -> dict:
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=51, n_embd=32, n_layer=2, n_head=4, n_positions=16))
-    args = TrainingArguments(
-        output_dir=str(out / ("fsdp" if fsdp else "ddp")),
-        per_device_train_batch_size=6,
-        learning_rate=1e-3,
-        max_steps=2,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-        logging_steps=1,
-    )
+    args = training_args(out / ("fsdp" if fsdp else "ddp"), cls=TrainingArguments, learning_rate=1e-3, max_steps=2)
     gradinit = hg.GradInitCallback(hg.GradInitConfig(iters=5, gamma=60.0, lr=5e-2, show_progress=False))
     seen = Seen()
     trainer = Trainer(model=model, args=args, train_dataset=Rows(), callbacks=[gradinit, seen])

@@ -44,10 +44,9 @@ def batches(family: str, rank: int, n: int = 4) -> list[dict]:
         if family == "marian":
             labels = ids.flip(1).clone()
             labels[:2, :3] = -100
-            out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
         else:
             labels = ids.masked_fill(mask == 0, -100)
-            out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
     return out
 
 
