@@ -60,6 +60,9 @@ ABLATIONS: dict[str, list[str]] = {
     "input_only": ["--gradinit_tied_lookahead", "input_only"],
     # exact Hessian-vector products instead of the finite difference
     "exact_hvp": ["--gradinit_hvp", "exact"],
+    # the decoder's value/output projections keep their initial scale (the tensors the
+    # large-step regime switched off), to test whether GradInit's solution fails through them
+    "exclude_dec_vo": ["--gradinit_exclude", r"decoder\.layers\.\d+\.(self_attn|encoder_attn)\.(v_proj|out_proj)\."],
 }
 
 
