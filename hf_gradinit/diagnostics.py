@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,9 +35,9 @@ from torch import nn
 
 from .batches import Batch, LossFn, model_loss, to_device
 from .model_state import model_device
+from .plotting import tensor_position
 from .scales import trainable_parameters
 
-_LAYER = re.compile(r"(?:^|\.)(?:layers?|h|blocks?|block)\.(\d+)\.")
 
 
 @dataclass
@@ -73,20 +72,17 @@ class TensorStep:
     @property
     def part(self) -> str:
         """``"encoder"``, ``"decoder"`` or ``"model"`` (from the name)."""
-        prefix = self.name.split(".layers.")[0]
-        return "encoder" if "encoder" in prefix else "decoder" if "decoder" in prefix else "model"
+        return tensor_position(self.name)[0]
 
     @property
     def layer(self) -> int | None:
         """Index of the block the tensor belongs to, ``None`` outside the stacked blocks."""
-        match = _LAYER.search(self.name)
-        return int(match.group(1)) if match else None
+        return tensor_position(self.name)[1]
 
     @property
     def kind(self) -> str:
         """The tensor's name inside its block (``self_attn.v_proj.weight``), or its full name."""
-        match = _LAYER.search(self.name)
-        return self.name[match.end() :] if match else self.name
+        return tensor_position(self.name)[2]
 
 
 @dataclass

@@ -159,6 +159,19 @@ class ScalesResult:
                              "max": max(values)}  # fmt: skip
         return out
 
+    def scale_range(self) -> str:
+        """``"scales 0.01-2.3 (weight 0.01-2.3, norm 0.9-1.1)"``: the range per kind of tensor."""
+        if not self.scales:
+            return "no scales"
+        values = list(self.scales.values())
+        stats = self.group_stats()
+        per_kind = ", ".join(f"{k} {s['min']:.3g}-{s['max']:.3g}" for k, s in stats.items())
+        return f"scales {min(values):.3g}-{max(values):.3g}" + (f" ({per_kind})" if len(stats) > 1 else "")
+
+    def headline(self) -> str:
+        """The summary's first line (what the console shows after a Trainer run)."""
+        return self.summary(max_rows=0).splitlines()[0]
+
     def scale_rows(self, max_rows: int | None) -> list[str]:
         """The table of learned scales (largest changes first) that every summary shows."""
         rows = sorted(self.scales, key=lambda n: -abs(math.log(max(self.scales[n], 1e-12))))
@@ -174,6 +187,15 @@ class ScalesResult:
 
     def summary(self, max_rows: int | None = 40) -> str:
         raise NotImplementedError
+
+    def plot(self, path: str | os.PathLike | None = None) -> Path:
+        """Save a PNG of the learned scale of every tensor, by layer (encoder and decoder apart);
+        returns its path (default ``<initializer>_scales.png``). Needs matplotlib."""
+        from .plotting import plot_scales
+
+        path = f"{self.initializer}_scales.png" if path is None else path
+        title = f"{self.display_name}: learned scale of each tensor ({len(self.scales)} tensors)"
+        return plot_scales(self.scales, path, title=title, ylabel="learned scale")
 
     def __str__(self) -> str:
         return self.summary(max_rows=10)

@@ -165,7 +165,7 @@ def test_bad_arguments_exit_with_clear_messages(tmp_path, capsys):
     assert "expected a folder or a .tar" in _fails(tmp_path, capsys, "--data_dir", str(tmp_path / "cifar.zip"))
     assert "--train_samples must be positive" in _fails(tmp_path, capsys, "--train_samples", "0")
     assert "--cutout" in _fails(tmp_path, capsys, "--cutout", "-2")
-    assert "invalid choice: 'nope'" in _fails(tmp_path, capsys, "--model_init", "nope")
+    assert "'nope' is not a registered initialiser" in _fails(tmp_path, capsys, "--model_init", "nope")
     # GradInit's options are checked before the data is read (the data_dir does not exist).
     err = _fails(tmp_path, capsys, "--model_init", "gradinit", "--gradinit_lr", "-1", "--data_dir", "/nonexistent")
     assert "--gradinit_lr must be a finite number > 0" in err

@@ -29,7 +29,7 @@ from hf_gradinit import (
     make_model_init,
     trainer_init_kwargs,
 )
-from hf_gradinit.trainer import target_for_optim
+from hf_gradinit.trainer import initializer_result, target_for_optim
 
 
 class ListDataset(Dataset):
@@ -197,14 +197,48 @@ def test_callback_reaches_tensorboard(tmp_path, monkeypatch):
     trainer = Seq2SeqTrainer(model=tiny_marian(seed=2), args=args, train_dataset=reversal_dataset())
     GradInitCallback(quick()).attach(trainer)  # trainer.log() is what reaches report_to
     trainer.train()
-    events = glob.glob(str(tmp_path / "tb" / "**" / "events.out.tfevents.*"), recursive=True)
-    assert events
-    tags = set()
-    for path in events:
+    scalars, histograms = _tensorboard_tags(tmp_path / "tb")
+    assert "train/gradinit/iterations" in scalars or "gradinit/iterations" in scalars, scalars
+    # the learned scales themselves: histograms, and per part and kind a series over the layers
+    assert {"gradinit/scales", "gradinit/log10_scales"} <= histograms, histograms
+    series = EventAccumulator(_events(tmp_path / "tb")[0])
+    series.Reload()
+    by_layer = series.Scalars("gradinit/scale_by_layer/decoder/self_attn.v_proj.weight")
+    scales = initializer_result(trainer).scales
+    assert [e.step for e in by_layer] == [0, 1]
+    for e in by_layer:
+        assert e.value == pytest.approx(scales[f"model.decoder.layers.{e.step}.self_attn.v_proj.weight"], rel=1e-6)
+    assert "gradinit/scale_by_layer/encoder/all" in scalars
+
+
+def _events(folder):
+    return sorted(glob.glob(str(folder / "**" / "events.out.tfevents.*"), recursive=True))
+
+
+def _tensorboard_tags(folder) -> tuple[set, set]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars, histograms = set(), set()
+    for path in _events(folder):
         acc = EventAccumulator(path)
         acc.Reload()
-        tags |= set(acc.Tags()["scalars"])
-    assert "train/gradinit/iterations" in tags or "gradinit/iterations" in tags, tags
+        scalars |= set(acc.Tags()["scalars"])
+        histograms |= set(acc.Tags()["histograms"])
+    return scalars, histograms
+
+
+def test_callback_prints_one_line_and_writes_its_own_tensorboard_log_when_unattached(tmp_path, capsys):
+    # Not attached: no Trainer to reach its TensorBoard writer, so the callback opens its own
+    # beside it; the one-line summary reaches the console whatever the logging level.
+    pytest.importorskip("tensorboard")
+    args = training_args(tmp_path, report_to=["tensorboard"], max_steps=1)
+    callback = GradInitCallback(quick())
+    Seq2SeqTrainer(model=tiny_marian(seed=2), args=args, train_dataset=reversal_dataset(), callbacks=[callback]).train()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[hf_gradinit]")]
+    assert lines == [f"[hf_gradinit] {callback.result.headline()}"]
+    assert "objective" in lines[0] and "constraint" in lines[0] and "scales" in lines[0]
+    _, histograms = _tensorboard_tags(tmp_path / "out" / "runs" / "hf_gradinit")
+    assert "gradinit/scales" in histograms
 
 
 def test_callback_not_run_again_on_resume(tmp_path):
@@ -428,11 +462,15 @@ def test_parse_every_initialisers_own_options(tmp_path):
         parse(tmp_path, "--model_init", "gradinit", "--gradinit_beta2", "0.95")
 
 
-def test_parse_rejects_unknown_initialiser_with_choices(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        parse(tmp_path, "--model_init", "nope")
-    err = capsys.readouterr().err
-    assert "invalid choice: 'nope'" in err and "gradinit" in err and "default" in err
+def test_parse_rejects_unknown_initialiser_in_one_line(tmp_path, capsys):
+    # One short line naming the registered initialisers and the nearest one, no usage dump.
+    with pytest.raises(ValueError) as info:
+        parse(tmp_path, "--model_init", "gradint")
+    message = str(info.value)
+    assert "\n" not in message and len(message) < 200, message
+    assert "'gradint' is not a registered initialiser" in message and "default" in message
+    assert "Did you mean 'gradinit'?" in message
+    assert capsys.readouterr().err == ""
 
 
 def test_trainer_init_kwargs_routes(tmp_path):

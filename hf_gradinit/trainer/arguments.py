@@ -50,6 +50,8 @@ class InitArgumentsBase:
     save_init_scales: bool
 
     def __post_init__(self) -> None:
+        if self.model_init not in RegisteredNames():
+            raise ValueError(unknown_initializer_message(self.model_init))
         if self.gradinit_max_tokens is not None and self.gradinit_max_tokens < 1:
             raise ValueError(f"--gradinit_max_tokens must be a positive number, got {self.gradinit_max_tokens}.")
         for spec in _config_specs():
@@ -74,7 +76,7 @@ class InitArgumentsBase:
         model (``--optim adafactor``), or an ``--init_scales_file`` that does not load.
         """
         if self.model_init not in RegisteredNames():
-            raise ValueError(f"--model_init {self.model_init}: choose one of {list(RegisteredNames())}.")
+            raise ValueError(unknown_initializer_message(self.model_init))
         try:
             config = self.initializer_config()
             if isinstance(config, GradInitConfig):
@@ -141,10 +143,12 @@ def _option(hint: Any, default: Any, help: str) -> tuple[Any, Any]:
 
 
 _HEAD: list[tuple[str, Any, Any]] = [
+    # No argparse ``choices``: argparse answers a bad choice with the whole usage (every
+    # TrainingArguments flag, ~175 lines) above the error; __post_init__ gives one short line.
     ("model_init", str, field(default="default", metadata={
         "help": "Initialiser run before training: 'default' keeps the model's own initialisation;"
-        " 'gradinit' learns per-tensor scales for one step of --optim at --learning_rate.",
-        "choices": RegisteredNames(),
+        " 'gradinit' learns per-tensor scales for one step of --optim at --learning_rate."
+        " Registered: {names}.",
     })),
 ]  # fmt: skip
 _TAIL: list[tuple[str, Any, Any]] = [
@@ -162,6 +166,16 @@ _TAIL: list[tuple[str, Any, Any]] = [
 ]  # fmt: skip
 
 
+def unknown_initializer_message(name: str) -> str:
+    """One line for a ``--model_init`` that is not registered, with the nearest name."""
+    import difflib
+
+    names = list(RegisteredNames())
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"--model_init {name!r} is not a registered initialiser; choose one of {', '.join(names)}.{hint}"
+
+
 def build_init_arguments() -> type:
     """The ``InitArguments`` dataclass for the initialisers registered now.
 
@@ -173,7 +187,11 @@ def build_init_arguments() -> type:
     ``--save_init_scales``). :data:`InitArguments` is built when this module is imported; a
     method registered later appears in the class this returns.
     """
-    fields_: list[tuple[str, Any, Any]] = list(_HEAD)
+    fields_: list[tuple[str, Any, Any]] = []
+    for name, hint, f in _HEAD:
+        f = copy.copy(f)
+        f.metadata = {**f.metadata, "help": f.metadata["help"].format(names=", ".join(RegisteredNames()))}
+        fields_.append((name, hint, f))
     taken = {name for name, _, _ in _HEAD + _TAIL}
     for spec in _config_specs():
         cfg = spec.config_class

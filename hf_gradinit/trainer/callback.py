@@ -41,6 +41,7 @@ from ..model_state import model_device
 from ..registry import InitializerSpec, get_initializer
 from ..sharding import is_fsdp1, is_fsdp2
 from ..token_batches import dataset_lengths, token_batches
+from .tensorboard import reports_to_tensorboard, summary_writer, write_scales
 from .training_target import config_for_training
 
 logger = logging.getLogger(__name__)
@@ -338,7 +339,7 @@ class InitializerCallback(TrainerCallback):
                 self.result.save(self.save_path)
         self._done_for = weakref.ref(core)
         # gloo reduces CPU tensors, NCCL CUDA ones: the model's device suits its process group.
-        self._report(trainer, state, model_device(core))
+        self._report(trainer, args, state, model_device(core))
 
     def _config(self, args: TrainingArguments, state: TrainerState) -> Any:
         if self.spec.config_class is not GradInitConfig:
@@ -348,7 +349,9 @@ class InitializerCallback(TrainerCallback):
             config = dataclasses.replace(config, show_progress=False)
         return config
 
-    def _report(self, trainer: Trainer | None, state: TrainerState, device: torch.device) -> None:
+    def _report(
+        self, trainer: Trainer | None, args: TrainingArguments, state: TrainerState, device: torch.device
+    ) -> None:
         metrics_fn = getattr(self.result, "metrics", None)
         if metrics_fn is None:
             return
@@ -359,8 +362,18 @@ class InitializerCallback(TrainerCallback):
             # wall times are not: report the slowest rank's, the time the run waited.
             for key in [k for k in metrics if k.endswith("seconds")]:
                 metrics[key] = comm.max(metrics[key], device)
-        if state.is_world_process_zero and hasattr(self.result, "summary"):
-            logger.info("\n%s", self.result.summary(max_rows=15))
+        if state.is_world_process_zero:
+            # print, not log: upstream scripts leave this library's logger at WARNING, and this
+            # is the one line that says what the initialiser did (the table is the engine's
+            # INFO log; everything is in trainer_state.json / all_results.json).
+            headline = getattr(self.result, "headline", None)
+            if callable(headline):
+                print(f"[hf_gradinit] {headline()}", flush=True)
+            if reports_to_tensorboard(args) and getattr(self.result, "scales", None):
+                writer, own = summary_writer(args, trainer)
+                write_scales(writer, self.result.scales, self.spec.name, step=state.global_step)
+                if own:
+                    writer.close()
         if trainer is not None:
             trainer.log(metrics)
         else:  # driven outside a Trainer: keep the figures where the Trainer would

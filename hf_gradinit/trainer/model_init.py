@@ -76,8 +76,12 @@ class _ModelInit:
         result = self.spec.fn(model, data, config, loss_fn=self.loss_fn, distributed=False)
         self.computed += 1
         self.results[key] = result
-        if self.save_path is not None and result is not None and getattr(self.training_args, "process_index", 0) == 0:
+        main = getattr(self.training_args, "process_index", 0) == 0
+        if self.save_path is not None and result is not None and main:
             result.save(self.save_path)
+        headline = getattr(result, "headline", None)
+        if main and callable(headline):
+            print(f"[hf_gradinit] {headline()}", flush=True)  # as the callback: reaches the console
         return model
 
     def _config(self, trial: Any) -> Any:

@@ -81,14 +81,17 @@ class GradInitResult(ScalesResult):
                 out[f"scale_{kind}_{stat}"] = float(stats[stat])
         return {f"{prefix}{k}": v for k, v in out.items()}
 
-    def summary(self, max_rows: int | None = 40) -> str:
-        """A plain-text table of the learned scales (largest changes first), with totals."""
-        lines = [
+    def headline(self) -> str:
+        """One line: iterations, both kinds of step, time, tensors and the range of the scales."""
+        return (
             f"GradInit: {self.iterations} iterations ({self.num_objective_steps} objective, "
             f"{self.num_constraint_steps} constraint) in {self.timings.get('total_s', math.nan):.1f}s; "
-            f"{len(self.scales)} tensors rescaled, {len(self.skipped)} skipped",
-            *self.scale_rows(max_rows),
-        ]
+            f"{len(self.scales)} tensors rescaled, {len(self.skipped)} skipped; {self.scale_range()}"
+        )
+
+    def summary(self, max_rows: int | None = 40) -> str:
+        """A plain-text table of the learned scales (largest changes first), with totals."""
+        lines = [self.headline(), *self.scale_rows(max_rows)]
         for kind, s in self.group_stats().items():
             lines.append(
                 f"{kind:>6}: {s['count']:>4} tensors, scale mean {s['mean']:.4f} min {s['min']:.4f} max {s['max']:.4f}"

@@ -70,6 +70,21 @@ class LSUVResult:
                 params[name].copy_(value)
         return model
 
+    @property
+    def scales(self) -> dict[str, float]:
+        """The product of LSUV's corrections, by weight name (after the orthonormal
+        pre-initialisation, when it ran): the figure its plot and TensorBoard show."""
+        return {r["weight"]: float(r["scale"]) for r in self.layers}
+
+    def plot(self, path: str | Path | None = None) -> Path:
+        """Save a PNG of each processed weight's LSUV scale, by layer; returns its path
+        (default ``lsuv_scales.png``). Needs matplotlib."""
+        from ...plotting import plot_scales
+
+        path = "lsuv_scales.png" if path is None else path
+        title = f"LSUV: product of the corrections of each weight ({len(self.layers)} layers)"
+        return plot_scales(self.scales, path, title=title, ylabel="LSUV scale")
+
     def metrics(self, prefix: str = "lsuv/") -> dict[str, float]:
         """A flat dict of summary figures, for logging to a tracker."""
         after = [r["std_after"] for r in self.layers]
@@ -87,13 +102,21 @@ class LSUVResult:
         }
         return {f"{prefix}{k}": float(v) for k, v in out.items()}
 
+    def headline(self) -> str:
+        """One line: layers, time, convergence and the range of the corrections."""
+        scales = [r["scale"] for r in self.layers]
+        span = f"scales {min(scales):.3g}-{max(scales):.3g}" if scales else "no layers"
+        return (
+            f"LSUV: {len(self.layers)} layers processed in {self.timings.get('total_s', math.nan):.1f}s,"
+            f" {sum(not r['converged'] for r in self.layers)} not converged, {len(self.skipped)} skipped; {span}"
+        )
+
     def summary(self, max_rows: int | None = 40) -> str:
         """A plain-text table of the processed layers, in execution order."""
         shown = self.layers if max_rows is None else self.layers[:max_rows]
         width = max([len("layer")] + [len(r["layer"]) for r in shown])
         lines = [
-            f"LSUV: {len(self.layers)} layers processed in {self.timings.get('total_s', math.nan):.1f}s,"
-            f" {sum(not r['converged'] for r in self.layers)} not converged, {len(self.skipped)} skipped",
+            self.headline(),
             f"{'#':>4}  {'layer':<{width}}  {'std init':>9}  {'before':>9}  {'tries':>5}  {'scale':>9}  {'after':>9}",
         ]
         for r in shown:

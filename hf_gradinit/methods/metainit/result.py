@@ -56,12 +56,15 @@ class MetaInitResult(ScalesResult):
         }
         return {f"{prefix}{k}": float(v) for k, v in out.items()}
 
-    def summary(self, max_rows: int | None = 40) -> str:
-        """A plain-text table of the learned norms (largest changes first), with GQ before/after."""
-        lines = [
+    def headline(self) -> str:
+        """One line: steps, time, the gradient quotient before and after, the range of the scales."""
+        return (
             f"MetaInit: {self.steps} steps in {self.timings.get('total_s', math.nan):.1f}s; gradient quotient"
             f" {self.initial_gq:.4g} -> {self.final_gq:.4g}; {len(self.scales)} norms learned,"
-            f" {len(self.skipped)} tensors kept",
-            *self.scale_rows(max_rows),
-        ]
+            f" {len(self.skipped)} tensors kept; {self.scale_range()}"
+        )
+
+    def summary(self, max_rows: int | None = 40) -> str:
+        """A plain-text table of the learned norms (largest changes first), with GQ before/after."""
+        lines = [self.headline(), *self.scale_rows(max_rows)]
         return "\n".join(lines)

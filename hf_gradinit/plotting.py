@@ -1,0 +1,164 @@
+"""Pictures of what an initialiser did: the scale of every tensor, by layer.
+
+A learned initialisation is looked at, not read: :func:`plot_scales` draws one panel per part
+of the model (encoder and decoder apart, when the names say so), one line per kind of tensor
+across the stacked blocks, and the tensors outside the blocks (embeddings, final norms, heads)
+as bars. Models whose names have no numbered blocks (``features.3.weight``) get one panel with
+every tensor in model order. ``GradInitResult.plot``, ``MetaInitResult.plot`` and
+``LSUVResult.plot`` call it; :func:`layer_means` is the per-layer summary the TensorBoard
+writer logs.
+
+matplotlib is imported only when a plot is drawn (it is an ``examples`` extra, not a core
+dependency).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+
+_LAYER = re.compile(r"(?:^|\.)(?:layers?|h|blocks?|block)\.(\d+)\.")
+_PARTS = ("encoder", "decoder", "model")
+_NORM = re.compile(r"(?:^|[._])(?:\w*norm\w*|ln\w*|bn\w*)\.(?:weight|bias)$", re.IGNORECASE)
+
+
+def tensor_position(name: str) -> tuple[str, int | None, str]:
+    """``(part, layer, kind)`` of a parameter name: ``part`` is ``"encoder"``, ``"decoder"`` or
+    ``"model"``; ``layer`` the index of the stacked block (``None`` outside the blocks); ``kind``
+    the name inside the block (``self_attn.v_proj.weight``), or the full name outside.
+
+    >>> tensor_position("model.decoder.layers.3.encoder_attn.v_proj.weight")
+    ('decoder', 3, 'encoder_attn.v_proj.weight')
+    >>> tensor_position("model.shared.weight")
+    ('model', None, 'model.shared.weight')
+    """
+    prefix = name.split(".layers.")[0]
+    part = "encoder" if "encoder" in prefix else "decoder" if "decoder" in prefix else "model"
+    match = _LAYER.search(name)
+    if match is None:
+        return part, None, name
+    return part, int(match.group(1)), name[match.end() :]
+
+
+def layer_means(values: Mapping[str, float]) -> dict[str, dict[int, float]]:
+    """``{"<part>/<kind>": {layer: value}}`` for the tensors in stacked blocks, and the
+    geometric mean over all kinds of a block as ``"<part>/all"`` (scales multiply).
+
+    >>> layer_means({"enc.layers.0.fc1.weight": 0.5, "enc.layers.0.fc2.weight": 2.0})["model/all"]
+    {0: 1.0}
+    """
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    logs: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for name, value in values.items():
+        part, layer, kind = tensor_position(name)
+        if layer is None:
+            continue
+        out[f"{part}/{kind}"][layer] = float(value)
+        if value > 0:
+            logs[part][layer].append(math.log(value))
+    for part, by_layer in logs.items():
+        out[f"{part}/all"] = {layer: math.exp(statistics.fmean(v)) for layer, v in sorted(by_layer.items())}
+    return dict(out)
+
+
+def plot_scales(
+    values: Mapping[str, float],
+    path: str | Path,
+    *,
+    title: str = "",
+    ylabel: str = "scale",
+    reference: float | None = 1.0,
+) -> Path:
+    """Save a PNG of ``values`` (one number per parameter name) by layer; returns the path.
+
+    Args:
+        values: By parameter name, e.g. ``GradInitResult.scales``.
+        path: Where the PNG goes (folders are created).
+        title: Figure title.
+        ylabel: What the numbers are.
+        reference: A value drawn as a grey line (1.0: "unchanged"); ``None`` for none.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not values:
+        raise ValueError("plot_scales needs at least one tensor's value (the result holds none).")
+    layered: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    outside: list[tuple[str, float]] = []
+    for name, value in values.items():
+        part, layer, kind = tensor_position(name)
+        if layer is None:
+            outside.append((name, float(value)))
+        else:
+            layered[part][kind].append((layer, float(value)))
+    positive = [v for v in values.values() if v > 0]
+    log = bool(positive) and max(positive) / min(positive) > 10
+
+    parts = [p for p in _PARTS if p in layered]
+    if not parts:
+        fig, ax = plt.subplots(figsize=(max(8.0, 0.08 * len(values)), 4.5))
+        names = list(values)
+        colors = ["tab:blue" if n.endswith("weight") else "tab:orange" for n in names]
+        ax.scatter(range(len(names)), [values[n] for n in names], c=colors, s=12)
+        ax.set_xlabel("tensor, in model order (blue: weights, orange: others)")
+        _finish(ax, ylabel, log, reference)
+        if len(names) <= 40:
+            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+    else:
+        groups = [g for g in ("weights", "norms and biases") if any(_group(k) == g for p in parts for k in layered[p])]
+        rows = len(groups) + bool(outside)
+        fig, axes = plt.subplots(rows, len(parts), figsize=(6.5 * len(parts), 3.6 * rows), squeeze=False)
+        cmap = plt.get_cmap("tab20")
+        kinds = sorted({k for p in parts for k in layered[p]})
+        colors = {k: cmap(i % 20) for i, k in enumerate(kinds)}
+        for col, part in enumerate(parts):
+            for row, group in enumerate(groups):
+                ax = axes[row][col]
+                for kind in (k for k in kinds if _group(k) == group and k in layered[part]):
+                    layers, ys = zip(*sorted(layered[part][kind]), strict=True)
+                    ax.plot(layers, ys, marker="o", ms=3, color=colors[kind], label=kind)
+                ax.set_title(f"{part}: {group}", fontsize=9)
+                ax.set_xlabel("layer")
+                ax.xaxis.get_major_locator().set_params(integer=True)
+                _finish(ax, ylabel, log, reference)
+                if ax.lines:
+                    ax.legend(fontsize=6, ncol=2, loc="best")
+        if outside:
+            gs = axes[-1][0].get_gridspec()
+            for ax in axes[-1]:
+                ax.remove()
+            ax = fig.add_subplot(gs[-1, :])
+            ax.bar(range(len(outside)), [v for _, v in outside], color="tab:gray")
+            ax.set_xticks(range(len(outside)), [n for n, _ in outside], rotation=30, ha="right", fontsize=6)
+            ax.set_title("outside the blocks", fontsize=9)
+            _finish(ax, ylabel, log, reference)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _group(kind: str) -> str:
+    # LayerNorm gains end in ".weight" too, but they are not matrices: plotted with the biases.
+    if kind.endswith("bias") or _NORM.search(kind):
+        return "norms and biases"
+    return "weights"
+
+
+def _finish(ax, ylabel: str, log: bool, reference: float | None) -> None:
+    if log:
+        ax.set_yscale("log")
+    if reference is not None:
+        ax.axhline(reference, color="0.6", lw=0.8, ls="--")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
