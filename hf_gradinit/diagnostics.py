@@ -39,7 +39,6 @@ from .plotting import tensor_position
 from .scales import trainable_parameters
 
 
-
 @dataclass
 class TensorStep:
     """One tensor's first update.

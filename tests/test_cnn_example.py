@@ -103,8 +103,19 @@ def _train(tmp_path, *argv: str) -> dict:
 
 
 @pytest.mark.parametrize(("model", "init"), [("resnet20_bn", "default"), ("vgg11_nobn", "gradinit")])
-def test_train_script_end_to_end_on_builtin_data(tmp_path, model, init):
+def test_train_script_end_to_end_on_builtin_data(tmp_path, capsys, model, init):
     results = _train(tmp_path, "--model", model, "--model_init", init, "--gradinit_iters", "3")
+    out = capsys.readouterr().out
+    # the console ends as upstream's scripts do, then says where the results went
+    assert "***** train metrics *****" in out and "***** eval metrics *****" in out
+    assert f"results in {tmp_path / 'out' / 'all_results.json'}" in out
+    assert (tmp_path / "out" / "train_results.json").is_file()
+    picture = tmp_path / "out" / "init_scales.png"
+    assert picture.is_file() == (init == "gradinit")
+    if init == "gradinit":
+        assert picture.stat().st_size > 10_000 and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert out.count("[hf_gradinit] GradInit: 3 iterations") == 1
+        assert results["gradinit/iterations"] == 3 and results["init_summary"].startswith("GradInit: 3 iterations")
     saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
     assert saved["acc1"] == results["acc1"] and 0 <= results["acc1"] <= 100
     assert [e for e, _ in results["accuracy_curve"]] == [1.0, 2.0]
@@ -141,7 +152,11 @@ def test_presets_and_recipe_resolution(tmp_path, monkeypatch):
     decayed = set(trainer.get_decay_parameter_names(trainer.model))
     assert "conv1.weight" in decayed and "fc.weight" in decayed
     assert not any(".bn" in n or n.startswith("stem") or "shortcut.norm" in n for n in decayed)
-    _train(tmp_path, "--model", "resnet20_nobn", "--num_train_epochs", "1")
+    # The folder holds that run now and no checkpoint: a second run stops rather than overwrite
+    # it (upstream's rule), before any data work, unless told to.
+    with pytest.raises(SystemExit):
+        _train(tmp_path, "--model", "resnet20_nobn", "--num_train_epochs", "1")
+    _train(tmp_path, "--model", "resnet20_nobn", "--num_train_epochs", "1", "--overwrite_output_dir", "true")
     trainer = seen["trainer"]
     assert trainer.args.max_grad_norm == 1.0
     decayed = set(trainer.get_decay_parameter_names(trainer.model))

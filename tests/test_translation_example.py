@@ -34,8 +34,23 @@ def run(tmp_path, *argv: str) -> dict:
 
 
 @pytest.mark.parametrize("init", ["default", "gradinit"])
-def test_builtin_data_end_to_end(init, tmp_path):
+def test_builtin_data_end_to_end(init, tmp_path, capsys):
     results = run(tmp_path, "--model_init", init, "--builtin_train_size", "200")
+    out = capsys.readouterr().out
+    # upstream's metrics blocks, then where the results went, last
+    for block in ("train", "eval", "predict"):
+        assert f"***** {block} metrics *****" in out
+    assert out.strip().splitlines()[-1].startswith("***** run_translation.py: results in ")
+    assert "predict_bleu" in out
+    for name in ("train_results.json", "eval_results.json", "predict_results.json"):
+        assert (tmp_path / "out" / name).is_file()
+    picture = tmp_path / "out" / "init_scales.png"
+    assert picture.is_file() == (init == "gradinit")
+    if init == "gradinit":
+        assert picture.stat().st_size > 10_000
+        assert out.count("[hf_gradinit] GradInit: 3 iterations") == 1  # once, whatever the log level
+        # all_results.json holds GradInit's summary figures, as the README says
+        assert results["gradinit/iterations"] == 3 and "gradinit/scale_weight_min" in results
     assert results["model_init"] == init
     assert 0.0 <= results["eval_bleu"] <= 100.0 and 0.0 <= results["predict_bleu"] <= 100.0
     saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
@@ -95,6 +110,28 @@ def test_iwslt_tokenised_bleu(tmp_path):
         "--validation_split", "test", "--do_predict", "false", "--max_train_samples", "300", "--bleu_tokenize", "none",
     )  # fmt: skip
     assert "eval_bleu" in results
+
+
+def test_missing_splits_and_a_used_output_dir_are_said(tmp_path, capsys):
+    # A Multi30k-style folder whose validation/test files have other names than the defaults:
+    # --do_eval (on by default) stops, naming the flag and what was found.
+    folder = tmp_path / "m30k"
+    folder.mkdir()
+    from builtin_data import builtin_pairs
+
+    for split in ("train", "val", "test_2016_flickr"):
+        rows = builtin_pairs(60, seed=len(split))
+        for lang in ("de", "en"):
+            (folder / f"{split}.{lang}").write_text("\n".join(r["translation"][lang] for r in rows) + "\n")
+    err = _fails(tmp_path, capsys, "--data_dir", str(folder))
+    assert "--do_eval needs a validation split" in err and "--validation_split" in err and "train (60)" in err
+    err = _fails(tmp_path, capsys, "--data_dir", str(folder), "--validation_split", "val")
+    assert "--do_predict needs a test split" in err and "--test_split" in err
+    # Evaluation off: no error, and the found splits are logged.
+    run(tmp_path, "--data_dir", str(folder), "--do_eval", "false", "--do_predict", "false")
+    # The folder now holds that finished run and no checkpoint: refuse, do not overwrite.
+    err = _fails(tmp_path, capsys, "--data_dir", str(folder), "--do_eval", "false", "--do_predict", "false")
+    assert "already exists and is not empty" in err and "--overwrite_output_dir true" in err
 
 
 def _fails(tmp_path, capsys, *argv: str) -> str:

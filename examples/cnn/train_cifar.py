@@ -28,7 +28,6 @@ CIFAR-10 from the shared archive (extracted and decoded once into ~/.cache/hf_gr
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -118,6 +117,13 @@ class RecipeArguments:
         default=0.0, metadata={"help": "Linear warmup over this many epochs (the paper's baseline: 1)."}
     )
     save_model: bool = field(default=False, metadata={"help": "Save the trained weights to --output_dir."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into a non-empty --output_dir anyway (without it the run stops rather than overwrite"
+            " a previous one; transformers 5 dropped this TrainingArguments field)."
+        },
+    )
 
 
 def parse_args(argv: list[str] | None = None):
@@ -183,10 +189,24 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
     from cifar_models import build_model
     from cifar_trainer import CifarTrainer
     from reporting import machine_description
+    from script_support import (
+        OutputDirError,
+        finish_run,
+        initializer_figures,
+        last_checkpoint_or_refuse,
+        pin_memory_for_device,
+    )
     from transformers import set_seed
 
     from hf_gradinit import trainer_init_kwargs
     from hf_gradinit.trainer import attach_trainer, initializer_result, initializer_timing
+
+    try:
+        last = last_checkpoint_or_refuse(training_args.output_dir, do_train=training_args.do_train,
+                                         overwrite=recipe.overwrite_output_dir)  # fmt: skip
+    except OutputDirError as err:
+        raise UsageError(str(err)) from err
+    pin_memory_for_device(training_args)
 
     set_seed(training_args.seed)
     train_ds, test_ds, classes = load_data(data_args)
@@ -224,8 +244,16 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
             **trainer_init_kwargs(init_args, training_args, model=model),
         )
     )
-    train_result = trainer.train()
+    train_result = trainer.train(resume_from_checkpoint=last)
+    train_metrics = {**train_result.metrics, "train_samples": len(train_ds)}
+    trainer.log_metrics("train", train_metrics)
+    trainer.save_metrics("train", train_metrics)
     history = trainer.state.log_history
+    evals = [h for h in history if "eval_accuracy" in h]
+    if evals:  # the last epoch's evaluation, as upstream's final evaluate() (without a second pass)
+        eval_metrics = {k: v for k, v in evals[-1].items() if k.startswith("eval_") or k == "epoch"}
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
     curve = [(h["epoch"], h["eval_accuracy"]) for h in history if "eval_accuracy" in h]
     results: dict[str, Any] = {
         "model": model_args.model,
@@ -245,16 +273,16 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
     }
     results["init_config"] = getattr(initializer_result(trainer), "config", None)
     results.update(initializer_timing(trainer, train_result.metrics["train_runtime"]))
+    results.update(initializer_figures(trainer))
     if recipe.save_model:
         trainer.save_model()
     results["wall_time_s"] = time.time() - started
     results["machine"] = machine_description()
     results["command"] = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
     if trainer.is_world_process_zero():
-        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-        Path(training_args.output_dir, "all_results.json").write_text(json.dumps(results, indent=2, default=str))
         logger.info("Acc1 %.2f, best %.2f, final %.2f", results["acc1"] or 0, results["acc_best"] or 0,
                     results["acc_final"] or 0)  # fmt: skip
+    finish_run(trainer, results, training_args.output_dir, "train_cifar.py")
     return results
 
 

@@ -115,9 +115,17 @@ def run_recorded(
     pythonpath: str | None = None,
 ) -> dict[str, Any]:
     """Run one experiment script and return its record: ``fields``, the command, return code and
-    wall time, and the ``kept`` entries of the ``all_results.json`` it wrote to ``out_dir``."""
+    wall time, and the ``kept`` entries of the ``all_results.json`` it wrote to ``out_dir``.
+    ``out_dir`` is the sweep's own: a folder there without checkpoints (a run killed early) is
+    removed first; one with checkpoints is left for the script to resume from."""
+    import shutil
     import time
 
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and not any(out_dir.glob("checkpoint-*")):
+        # A run stopped before its first checkpoint left only a partial folder, which the
+        # scripts (as upstream's) refuse to train into: start it again from scratch.
+        shutil.rmtree(out_dir)
     started = time.time()
     code = run_logged(cmd, log_path, threads=threads, pythonpath=pythonpath)
     record: dict[str, Any] = {**fields, "command": " ".join(cmd[1:]), "returncode": code}

@@ -187,6 +187,13 @@ class RecipeArguments:
             " run's own number of steps."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into a non-empty --output_dir from scratch (without it: resume from its last"
+            " checkpoint, or stop when it has none). transformers 5 dropped this TrainingArguments field."
+        },
+    )
     gradinit_eta_scale: float = field(
         default=1.0,
         metadata={
@@ -415,6 +422,27 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def check_splits(raw, data_args, training_args) -> None:
+    """Say which splits were found; stop when --do_eval / --do_predict asks for a missing one
+    (an evaluation that silently evaluates nothing is worse than an error)."""
+    found = ", ".join(f"{name} ({len(split)})" for name, split in raw.items())
+    logger.info("Data splits found: %s", found)
+    flags = {"validation": ("--do_eval", "--validation_split", "--validation_file"),
+             "test": ("--do_predict", "--test_split", "--test_file")}  # fmt: skip
+    asked = {"validation": training_args.do_eval, "test": training_args.do_predict}
+    for split, (flag, prefix_flag, file_flag) in flags.items():
+        if split in raw or not asked[split]:
+            continue
+        where = (
+            f"--data_dir {data_args.data_dir} has no {split} files"
+            f" ({getattr(data_args, prefix_flag[2:])}.{data_args.source_lang}/.{data_args.target_lang})"
+            f"; name them with {prefix_flag}"
+            if data_args.data_dir is not None
+            else f"the data has no {split} split; give {file_flag}"
+        )
+        raise UsageError(f"{flag} needs a {split} split, and {where}, or pass {flag} false. Found: {found}.")
+
+
 def validate(model_args, data_args, training_args, init_args, recipe_args) -> None:
     """Every check that needs no data and no model, so a bad option fails in a second."""
     if model_args.model_name_or_path is None:
@@ -440,6 +468,13 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
 
     import numpy as np
     from reporting import machine_description
+    from script_support import (
+        OutputDirError,
+        finish_run,
+        initializer_figures,
+        last_checkpoint_or_refuse,
+        pin_memory_for_device,
+    )
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, MarianMTModel, set_seed
     from translation_trainer import FirstStepReporter, TranslationTrainer, diagnostic_batch
 
@@ -447,8 +482,16 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
     from hf_gradinit.methods.schemes import fairseq_init, xavier_init
     from hf_gradinit.trainer import attach_trainer, initializer_timing
 
+    try:
+        last = last_checkpoint_or_refuse(training_args.output_dir, do_train=training_args.do_train,
+                                         overwrite=recipe_args.overwrite_output_dir)  # fmt: skip
+    except OutputDirError as err:
+        raise UsageError(str(err)) from err
+    pin_memory_for_device(training_args)
+
     set_seed(training_args.seed)
     raw = load_raw_datasets(data_args, training_args.seed)
+    check_splits(raw, data_args, training_args)
     src, tgt = data_args.source_lang, data_args.target_lang
     for split, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples),
                          ("test", data_args.max_predict_samples)):  # fmt: skip
@@ -553,26 +596,25 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
         "trainable_parameters": n_params,
     }
     if training_args.do_train:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        last = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        if last is not None and not os.path.isfile(os.path.join(last, "trainer_state.json")):
-            logger.warning("Ignoring %s: incomplete (no trainer_state.json, the run stopped while saving).", last)
-            last = None
-        if last is not None:
-            # A long run stopped half-way goes on from its last checkpoint, which already holds
-            # the initialised weights (the initialiser callback skips itself then).
-            logger.info("Resuming from %s", last)
         train_result = trainer.train(resume_from_checkpoint=last)
-        results.update(train_result.metrics)
+        metrics = {**train_result.metrics, "train_samples": len(tokenized["train"])}
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        results.update(metrics)
         results.update(initializer_timing(trainer, train_result.metrics["train_runtime"]))
+        results.update(initializer_figures(trainer))
         trainer.save_model()
         tokenizer.save_pretrained(training_args.output_dir)
         trainer.save_state()
-    if training_args.do_eval and "validation" in tokenized:
-        results.update(trainer.evaluate(metric_key_prefix="eval"))
-    if training_args.do_predict and "test" in tokenized:
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        results.update(metrics)
+    if training_args.do_predict:
         prediction = trainer.predict(tokenized["test"], metric_key_prefix="predict")
+        trainer.log_metrics("predict", prediction.metrics)
+        trainer.save_metrics("predict", prediction.metrics)
         results.update(prediction.metrics)
         if trainer.is_world_process_zero() and training_args.predict_with_generate:
             preds = np.where(prediction.predictions != -100, prediction.predictions, tokenizer.pad_token_id)
@@ -581,9 +623,7 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
     results["wall_time_s"] = time.time() - started
     results["machine"] = machine_description()
     results["command"] = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
-    if trainer.is_world_process_zero():
-        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-        Path(training_args.output_dir, "all_results.json").write_text(json.dumps(results, indent=2, default=str))
+    finish_run(trainer, results, training_args.output_dir, "run_translation.py")
     return results
 
 

@@ -1,0 +1,88 @@
+"""What the examples' training scripts share with transformers' own example scripts: the
+output-folder check (resume from the last checkpoint, or refuse to overwrite a finished run),
+dataloader pinning that suits the device, and the end of a run (the initialiser's figures and
+picture beside ``all_results.json``, and where everything went, on the console).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class OutputDirError(ValueError):
+    """The output folder holds a previous run that this one would overwrite."""
+
+
+def last_checkpoint_or_refuse(output_dir: str, *, do_train: bool, overwrite: bool) -> str | None:
+    """Upstream's rule (``run_translation.py``, ``run_clm.py``): a training run into a folder
+    with checkpoints resumes from the last complete one; into a non-empty folder without any,
+    it stops unless ``--overwrite_output_dir`` (transformers 5 dropped that field from
+    ``TrainingArguments``, so the scripts carry it themselves)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not do_train or overwrite or not os.path.isdir(output_dir):
+        return None
+    last = get_last_checkpoint(output_dir)
+    if last is not None and not os.path.isfile(os.path.join(last, "trainer_state.json")):
+        logger.warning("Ignoring %s: incomplete (no trainer_state.json, the run stopped while saving).", last)
+        last = None
+    if last is None and os.listdir(output_dir):
+        raise OutputDirError(
+            f"--output_dir {output_dir} already exists and is not empty (no checkpoint to resume from):"
+            " pass --overwrite_output_dir true to train into it anyway, or choose another --output_dir."
+        )
+    if last is not None:
+        # The checkpoint holds the initialised weights, so the initialiser skips itself.
+        logger.info("Checkpoint found: resuming from %s (--overwrite_output_dir true trains from scratch).", last)
+    return last
+
+
+def pin_memory_for_device(training_args: Any) -> None:
+    """Pinned host memory only helps copies to an accelerator; on a CPU run the dataloader
+    warns about it on every run, so pinning follows the device."""
+    if training_args.device.type == "cpu":
+        training_args.dataloader_pin_memory = False
+
+
+def initializer_figures(trainer: Any) -> dict[str, Any]:
+    """The initialiser's summary figures (``gradinit/iterations``, ``gradinit/scale_weight_min``,
+    ...) and its headline, for ``all_results.json``; empty when none ran."""
+    from hf_gradinit.trainer import initializer_result
+
+    result = initializer_result(trainer)
+    out: dict[str, Any] = {}
+    metrics = getattr(result, "metrics", None)
+    if callable(metrics):
+        out.update(metrics())
+    headline = getattr(result, "headline", None)
+    if callable(headline):
+        out["init_summary"] = headline()
+    return out
+
+
+def finish_run(trainer: Any, results: dict[str, Any], output_dir: str, script: str) -> Path | None:
+    """Write ``all_results.json`` and the initialiser's picture (``init_scales.png``) from the
+    main process, then say on the console where they are; returns the results path."""
+    if not trainer.is_world_process_zero():
+        return None
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "all_results.json"
+    written = [path]
+    from hf_gradinit.trainer import initializer_result
+
+    result = initializer_result(trainer)
+    if callable(getattr(result, "plot", None)) and getattr(result, "scales", None):
+        try:
+            written.append(result.plot(out / "init_scales.png"))
+        except ImportError as err:  # matplotlib is an extra
+            logger.warning("No init_scales.png: %s (pip install matplotlib).", err)
+    path.write_text(json.dumps(results, indent=2, default=str))
+    print(f"***** {script}: results in {', '.join(str(p) for p in written)} *****", flush=True)
+    return path
