@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -102,7 +103,9 @@ def _train(tmp_path, *argv: str) -> dict:
     return train_cifar.main(["--output_dir", str(tmp_path / "out"), *TINY, *argv])
 
 
-@pytest.mark.parametrize(("model", "init"), [("resnet20_bn", "default"), ("vgg11_nobn", "gradinit")])
+@pytest.mark.parametrize(
+    ("model", "init"), [("resnet20_bn", "default"), ("vgg11_nobn", "gradinit"), ("resnet20_nobn", "fixup")]
+)
 def test_train_script_end_to_end_on_builtin_data(tmp_path, capsys, recwarn, model, init):
     results = _train(tmp_path, "--model", model, "--model_init", init, "--gradinit_iters", "3")
     out = capsys.readouterr().out
@@ -112,7 +115,7 @@ def test_train_script_end_to_end_on_builtin_data(tmp_path, capsys, recwarn, mode
     assert f"results in {tmp_path / 'out' / 'all_results.json'}" in out
     assert (tmp_path / "out" / "train_results.json").is_file()
     picture = tmp_path / "out" / "init_scales.png"
-    assert picture.is_file() == (init == "gradinit")
+    assert picture.is_file() == (init != "default")
     if init == "gradinit":
         assert picture.stat().st_size > 10_000 and picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert out.count("[hf_gradinit] GradInit: 3 iterations") == 1
@@ -235,3 +238,30 @@ def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
     assert len(again) == 4 and "4 runs already done, 0 to go" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         sweep_cifar.main(["--out", str(tmp_path / "x"), "--variants", "magic"])
+
+
+def test_const_lr_epoch_runs_at_the_constant_lr_then_the_schedule_from_its_peak(tmp_path):
+    import cifar_trainer
+    from transformers import TrainingArguments
+
+    model = torch.nn.Linear(2, 2)
+    args = TrainingArguments(str(tmp_path), learning_rate=0.1, lr_scheduler_type="cosine", use_cpu=True,
+                             report_to="none")  # fmt: skip
+    trainer = cifar_trainer.CifarTrainer(model=model, args=args, const_lr_steps=4, const_lr=0.01)
+    trainer.create_optimizer_and_scheduler(num_training_steps=14)
+    lrs = []
+    for _ in range(14):
+        lrs.append(trainer.lr_scheduler.get_last_lr()[0])
+        trainer.optimizer.step()
+        trainer.lr_scheduler.step()
+    assert lrs[:4] == pytest.approx([0.01] * 4)
+    assert lrs[4] == pytest.approx(0.1)  # the schedule starts from its peak after the constant phase
+    assert all(a > b for a, b in itertools.pairwise(lrs[4:]))  # then the cosine decays
+    assert lrs[-1] < 0.01
+
+
+def test_const_lr_and_warmup_are_two_baselines(tmp_path, capsys):
+    err = _fails(tmp_path, capsys, "--const_lr_epochs", "1", "--warmup_epochs", "1")
+    assert "two baselines" in err
+    results = _train(tmp_path, "--model", "resnet20_bn", "--const_lr_epochs", "1")
+    assert results["const_lr_epochs"] == 1 and results["const_lr"] == 0.01

@@ -1,15 +1,40 @@
-"""The CIFAR example's ``Trainer``: the paper's weight-decay rule. Imported when a run starts, not
-at parse time (importing ``Trainer`` pulls in most of transformers)."""
+"""The CIFAR example's ``Trainer``: the paper's weight-decay rule, and the "+1 epoch (Const. LR)"
+baseline's schedule. Imported when a run starts, not at parse time (importing ``Trainer`` pulls
+in most of transformers)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
-from transformers import Trainer
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import Trainer, get_scheduler
 
 
 class CifarTrainer(Trainer):
     """The paper's weight decay: on convolution and linear layers, not on BatchNorm parameters
-    nor the scalar biases and multipliers of the ResNets without BatchNorm."""
+    nor the scalar biases and multipliers of the ResNets without BatchNorm.
+
+    ``const_lr_steps`` > 0: the first that many updates run at the constant ``const_lr``, then
+    the run's own schedule (``--lr_scheduler_type``) starts from the peak over the remaining
+    updates, so the constant phase comes before the schedule rather than replacing its start.
+    """
+
+    def __init__(self, *args: Any, const_lr_steps: int = 0, const_lr: float | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.const_lr_steps = const_lr_steps
+        self.const_lr = const_lr
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        if self.const_lr_steps <= 0 or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        optimizer = self.optimizer if optimizer is None else optimizer
+        n = self.const_lr_steps
+        after = get_scheduler(self.args.lr_scheduler_type, optimizer, num_warmup_steps=0,
+                              num_training_steps=max(1, num_training_steps - n)).lr_lambdas  # fmt: skip
+        ratio = self.const_lr / self.args.learning_rate
+        self.lr_scheduler = LambdaLR(optimizer, [lambda s, f=f: ratio if s < n else f(s - n) for f in after])
+        return self.lr_scheduler
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         norm = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)

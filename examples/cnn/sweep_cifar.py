@@ -2,8 +2,9 @@
 """The paper's CIFAR-10 comparison in one harness: initialisations x models x seeds, each a
 ``train_cifar.py`` run, reported like the paper's Table 1 (Acc1 and Acc_best, mean ± std).
 
-A variant is ``INIT[+warmup]``: ``INIT`` any registered initialiser (``default`` is Kaiming),
-``+warmup`` adds ``--warmup_epochs 1`` (the paper's warmup baseline). Every finished run is
+A variant is ``INIT[+warmup|+constlr]``: ``INIT`` any registered initialiser (``default`` is
+Kaiming), ``+warmup`` adds ``--warmup_epochs 1`` (the paper's warmup baseline), ``+constlr``
+``--const_lr_epochs 1`` (its "+1 epoch (Const. LR)" baseline). Every finished run is
 appended to ``results.jsonl`` in ``--out``, so running the same command again resumes a half-done
 sweep; ``results.md`` (the table) and ``accuracy.png`` (test accuracy over the first epochs, one
 panel per model) are rewritten from everything in the file. Arguments after ``--`` go to every
@@ -49,11 +50,21 @@ class Run:
 
     @property
     def init(self) -> str:
-        return self.variant.removesuffix("+warmup")
+        return base_init(self.variant)
 
     @property
-    def warmup(self) -> bool:
-        return self.variant.endswith("+warmup")
+    def extra(self) -> list[str]:
+        return next((flags for suffix, flags in SUFFIXES.items() if self.variant.endswith(suffix)), [])
+
+
+# The paper's two "+1 epoch" baselines, as variant suffixes.
+SUFFIXES = {"+warmup": ["--warmup_epochs", "1"], "+constlr": ["--const_lr_epochs", "1"]}
+
+
+def base_init(variant: str) -> str:
+    for suffix in SUFFIXES:
+        variant = variant.removesuffix(suffix)
+    return variant
 
 
 def command(run: Run, args: argparse.Namespace) -> list[str]:
@@ -61,9 +72,7 @@ def command(run: Run, args: argparse.Namespace) -> list[str]:
         sys.executable, str(HERE / "train_cifar.py"), "--output_dir", str(args.out / "runs" / run.key),
         "--model", run.model, "--model_init", run.init, "--seed", str(run.seed), "--disable_tqdm", "true",
     ]  # fmt: skip
-    if run.warmup:
-        cmd += ["--warmup_epochs", "1"]
-    return cmd + list(args.run_args)
+    return cmd + run.extra + list(args.run_args)
 
 
 def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:
@@ -140,14 +149,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser, argv, run_args = sweep_parser(__doc__, argv)
     parser.add_argument("--models", nargs="+", default=["resnet20_bn"], help="model names (see cifar_models.py)")
     parser.add_argument("--variants", nargs="+", default=["default", "default+warmup", "gradinit"],
-                        help="INIT[+warmup], INIT a registered initialiser")  # fmt: skip
+                        help="INIT[+warmup|+constlr], INIT a registered initialiser")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--plot_epochs", type=int, default=10, help="epochs shown in accuracy.png")
     args = parser.parse_args(argv)
     args.run_args = run_args
     for variant in args.variants:
-        if variant.removesuffix("+warmup") not in available_initializers():
-            parser.error(f"variant {variant!r}: INIT must be one of {available_initializers()}, optionally +warmup.")
+        if base_init(variant) not in available_initializers():
+            parser.error(
+                f"variant {variant!r}: INIT must be one of {available_initializers()}, optionally +warmup or +constlr."
+            )
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     plan = [Run(m, v, s) for m in args.models for v in args.variants for s in args.seeds]
     records = run_sweep(

@@ -6,11 +6,12 @@ weight decay 1e-4 except on BatchNorm parameters (and the no-BN ResNets' scalar 
 multipliers), the training gradient clipped at norm 1 for networks without BatchNorm, test
 accuracy after every epoch. ``--model_init`` picks the initialiser (``default`` is Kaiming, the
 paper's baseline; ``gradinit``, ``metainit``, ``lsuv``, ...) and ``--warmup_epochs 1`` gives the
-paper's one-epoch warmup baseline. GradInit gets the paper's per-model settings unless you set
-them: SGD target with the normalised step at eta = --learning_rate, gamma 1, about one epoch of
-iterations on batches of 1.5x the training batch (two halves of the batch each), and the scale
-learning rate of the model's family (VGG 1e-2 without BN, 1e-1 with; ResNet 5e-2 without BN,
-1e-3 with).
+paper's one-epoch warmup baseline, ``--const_lr_epochs 1`` its "+1 epoch (Const. LR)" one (one
+epoch at the constant ``--const_lr`` 0.01, then the schedule). GradInit gets the paper's
+per-model settings unless you set them: SGD target with the normalised step at eta =
+--learning_rate, gamma 1, about one epoch of iterations on batches of 1.5x the training batch
+(two halves of the batch each), and the scale learning rate of the model's family (VGG 1e-2
+without BN, 1e-1 with; ResNet 5e-2 without BN, 1e-3 with).
 
 Reported: Acc1 (test accuracy after the first epoch), the best and the final test accuracy,
 the accuracy of every epoch, the initialiser's time and its share of the training time, in
@@ -116,6 +117,17 @@ class RecipeArguments:
     warmup_epochs: float = field(
         default=0.0, metadata={"help": "Linear warmup over this many epochs (the paper's baseline: 1)."}
     )
+    const_lr_epochs: float = field(
+        default=0.0,
+        metadata={
+            "help": "Train this many epochs at the constant --const_lr first, then the schedule from its peak"
+            " (the paper's '+1 epoch (Const. LR)' baseline: 1)."
+        },
+    )
+    const_lr: float = field(
+        default=0.01,
+        metadata={"help": "The learning rate of the --const_lr_epochs phase (our reading of the paper: 0.01)."},
+    )
     save_model: bool = field(default=False, metadata={"help": "Save the trained weights to --output_dir."})
     overwrite_output_dir: bool = field(
         default=False,
@@ -157,6 +169,12 @@ def validate(model_args, data_args, recipe, training_args, init_args) -> str:
         raise UsageError(f"--cutout must be 0 (off) or a positive side length, got {data_args.cutout}.")
     if recipe.warmup_epochs < 0:
         raise UsageError(f"--warmup_epochs must be >= 0, got {recipe.warmup_epochs}.")
+    if recipe.const_lr_epochs < 0 or not recipe.const_lr > 0:
+        raise UsageError(
+            f"--const_lr_epochs must be >= 0 and --const_lr > 0, got {recipe.const_lr_epochs}, {recipe.const_lr}."
+        )
+    if recipe.const_lr_epochs > 0 and recipe.warmup_epochs > 0:
+        raise UsageError("--const_lr_epochs and --warmup_epochs are two baselines: give one of them.")
     return kind
 
 
@@ -241,6 +259,8 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
             train_dataset=train_ds,
             eval_dataset=test_ds,
             compute_metrics=compute_metrics,
+            const_lr_steps=round(recipe.const_lr_epochs * steps_per_epoch),
+            const_lr=recipe.const_lr,
             **trainer_init_kwargs(init_args, training_args, model=model),
         )
     )
@@ -260,6 +280,8 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
         "width_mult": model_args.width_mult,
         "model_init": init_args.model_init,
         "warmup_epochs": recipe.warmup_epochs,
+        "const_lr_epochs": recipe.const_lr_epochs,
+        "const_lr": recipe.const_lr if recipe.const_lr_epochs > 0 else None,
         "parameters": n_params,
         "train_samples": len(train_ds),
         "test_samples": len(test_ds),

@@ -315,6 +315,15 @@ class InitializerCallback(TrainerCallback):
         trainer = self.trainer
         _check_sharding(args, model, self.spec, trainer)
         config = self._config(args, state)
+        if getattr(config, "keep_layernorm", True) is False and model is not core:
+            # DDP registered the parameters when it wrapped the model: removing modules now
+            # would leave it waiting for gradients that never come.
+            raise GradInitError(
+                f"{self.spec.name} removes the LayerNorm modules, which cannot happen inside a wrapped"
+                f" ({type(model).__name__}) model. Initialise before wrapping: Trainer(model_init="
+                f"make_model_init(build_model, None, config, initializer={self.spec.name!r})), or keep them"
+                f" (--{self.spec.name}_keep_layernorm true)."
+            )
         if self.result_file is not None:
             if not self.spec.can_reapply:
                 raise GradInitError(f"Initialiser {self.spec.name!r} cannot re-apply a saved result.")

@@ -22,6 +22,10 @@ layer Xavier-uniform and every bias 0. Its feed-forward weights are larger than 
 
 In both, tied tensors are initialised once and frozen tensors (sinusoidal position tables)
 are kept.
+
+``fixup`` (:mod:`.fixup`) and ``tfixup`` (:mod:`.tfixup`) are the architecture-specific formulas
+the GradInit paper names as alternatives: Fixup for residual networks without normalisation,
+T-Fixup for Post-LN Transformers without warmup (and without LayerNorm).
 """
 
 from __future__ import annotations
@@ -157,3 +161,24 @@ def _xavier(model, data, config, *, loss_fn=None, distributed=None):
 @register_initializer("fairseq", needs_data=False, description="fairseq's Transformer init (the paper's MT base)")
 def _fairseq(model, data, config, *, loss_fn=None, distributed=None):
     fairseq_init(model)
+
+
+from .fixup import fixup_init  # noqa: E402
+from .tfixup import TFixupConfig, remove_layernorms, tfixup_init  # noqa: E402
+
+__all__ = ["TFixupConfig", "fairseq_init", "fixup_init", "remove_layernorms", "tfixup_init", "xavier_init"]
+
+
+@register_initializer(
+    "fixup", needs_data=False, description="Fixup: zero last layer per residual branch, L^(-1/(2m-2)) (no-BN ResNets)"
+)
+def _fixup(model, data, config, *, loss_fn=None, distributed=None):
+    return fixup_init(model)
+
+
+@register_initializer(
+    "tfixup", needs_data=False, config_class=TFixupConfig,
+    description="T-Fixup: Xavier, depth-scaled v/out/FFN/embeddings, LayerNorm removed (Post-LN seq2seq)",
+)  # fmt: skip
+def _tfixup(model, data, config, *, loss_fn=None, distributed=None):
+    return tfixup_init(model, config)

@@ -1,0 +1,129 @@
+"""Fixup (Zhang, Dauphin & Ma, ICLR 2019): residual networks trained without normalisation.
+
+The three rules of the paper, for a network of ``L`` residual branches of ``m`` weight layers:
+
+1. the classification layer and the last weight layer of every branch start at 0;
+2. every other layer gets a standard initialisation (He: normal, ``fan_out`` mode, ReLU gain,
+   as the authors' code), and the weight layers inside the branches are multiplied by
+   ``L^(-1/(2m-2))``;
+3. the scalar multipliers of the branches start at 1 and the scalar biases at 0.
+
+Fixup is a formula, so it must know the branches. It reads two kinds of model:
+
+* a model with a ``fixup_branches()`` method returning, per branch, its weight layers in
+  order (``[[conv1, conv2], ...]``); scalar multipliers and biases are found by name
+  (parameters with one element named ``...scale...`` / ``...bias...``);
+* the no-BatchNorm CIFAR ResNets of ``examples/cnn`` (and any model built the same way):
+  blocks with ``conv1``, ``conv2`` and a scalar multiplier ``scale``; their scalar biases
+  (``bias1a``, ``bias1b``, ``bias2a``, ``bias2b``) and the stem's and head's are Fixup's own.
+
+Anything else (a model with BatchNorm, which Fixup is meant to replace, or one whose blocks
+it cannot find) is refused with a message saying what it reads, before anything is changed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ...errors import GradInitError
+from .result import SchemeResult
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _weight_layers(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear))]
+
+
+def fixup_branches(model: nn.Module) -> list[list[nn.Module]]:
+    """The residual branches of ``model`` as lists of their weight layers, or a
+    :class:`~hf_gradinit.GradInitError` saying what Fixup can read."""
+    own = getattr(model, "fixup_branches", None)
+    if callable(own):
+        branches = [list(b) for b in own()]
+    else:
+        branches = [
+            [m.conv1, m.conv2]
+            for m in model.modules()
+            if isinstance(getattr(m, "conv1", None), nn.Module)
+            and isinstance(getattr(m, "conv2", None), nn.Module)
+            and isinstance(getattr(getattr(m, "scale", None), "weight", None), nn.Parameter)
+        ]
+    norms = [n for n, m in model.named_modules() if isinstance(m, _NORMS)]
+    if not branches or norms:
+        why = (
+            f"it has normalisation layers ({', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''}), which Fixup"
+            " replaces: use it on the network without them"
+            if norms
+            else "it found no residual branch"
+        )
+        raise GradInitError(
+            f"fixup cannot initialise {type(model).__name__}: {why}. It reads blocks with conv1, conv2 and a scalar"
+            " multiplier `scale` (the no-BN CIFAR ResNets of examples/cnn), or a model's fixup_branches() method"
+            " returning each branch's weight layers in order. The model is unchanged."
+        )
+    lengths = {len(b) for b in branches}
+    if min(lengths) < 2:
+        raise GradInitError(
+            "fixup needs at least two weight layers per residual branch (m >= 2); the model is unchanged."
+        )
+    return branches
+
+
+def _classifier(model: nn.Module) -> nn.Module | None:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if head is not None:
+        return head
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+@torch.no_grad()
+def fixup_init(model: nn.Module) -> SchemeResult:
+    """Re-initialise ``model`` in place by Fixup's rules (module docstring); returns the record.
+
+    Example::
+
+        from cifar_models import build_model           # examples/cnn
+        model = build_model("resnet20_nobn")
+        fixup_init(model).config                       # {'L': 9, 'm': 2, 'branch_factor': 0.333...}
+    """
+    branches = fixup_branches(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    L, m = len(branches), max(len(b) for b in branches)
+    factor = L ** (-1.0 / (2 * m - 2))
+    in_branch = {id(layer) for branch in branches for layer in branch}
+    head = _classifier(model)
+    scales: dict[str, float] = {}
+    for layer in _weight_layers(model):
+        if id(layer) in in_branch or layer is head:
+            continue
+        nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+        scales[names[id(layer.weight)]] = 1.0
+        if layer.bias is not None:
+            nn.init.zeros_(layer.bias)
+    for branch in branches:
+        *inner, last = branch
+        for layer in inner:
+            nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
+            layer.weight.mul_(factor)
+            scales[names[id(layer.weight)]] = factor
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        nn.init.zeros_(last.weight)
+        scales[names[id(last.weight)]] = 0.0
+        if last.bias is not None:
+            nn.init.zeros_(last.bias)
+    if head is not None:
+        nn.init.zeros_(head.weight)
+        scales[names[id(head.weight)]] = 0.0
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
+    for name, p in model.named_parameters():
+        if p.numel() == 1 and "scale" in name:
+            p.fill_(1.0)
+        elif p.numel() == 1 and "bias" in name:
+            p.zero_()
+    return SchemeResult("fixup", scales=scales, config={"L": L, "m": m, "branch_factor": factor})
