@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import math
 import warnings
 
 import pytest
@@ -507,3 +508,22 @@ def test_script_lines_from_the_readme_end_to_end(tmp_path):
     expected = apply_scales(tiny_marian(seed=7), saved)
     for n, p in expected.named_parameters():
         assert torch.equal(probe.weights[n], p.detach()), n
+
+
+def test_tfixup_through_the_command_line_options_and_the_callback(tmp_path, capsys):
+    # --model_init tfixup: T-Fixup's LayerNorm removal happens before the first step, training
+    # runs on the changed model, and the one-line summary says what was removed.
+    args, init = parse(tmp_path, "--model_init", "tfixup", "--max_steps", "2", "--report_to", "none",
+                       "--per_device_train_batch_size", "6", "--disable_tqdm", "true")  # fmt: skip
+    assert init.initializer_config().keep_layernorm is False
+    model = tiny_marian(seed=4)
+    trainer = Seq2SeqTrainer(args=args, train_dataset=reversal_dataset(),
+                             **trainer_init_kwargs(init, args, model=model))  # fmt: skip
+    trainer.train()
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    assert trainer.state.global_step == 2 and all(math.isfinite(h["loss"]) for h in trainer.state.log_history
+                                                    if "loss" in h)  # fmt: skip
+    out = capsys.readouterr().out
+    assert "[hf_gradinit] tfixup:" in out and "normalisation layers removed" in out
+    _, keep = parse(tmp_path, "--model_init", "tfixup", "--tfixup_keep_layernorm", "true")
+    assert keep.initializer_config().keep_layernorm is True
