@@ -60,3 +60,13 @@ def test_the_recipe_diff_in_the_readme_is_the_shipped_one():
     diffs = [code for lang, _, code, _ in BLOCKS if lang == "diff"]
     shipped = (REPO / "examples" / "upstream" / "run_translation.diff").read_text()
     assert diffs and diffs[0] == shipped[shipped.index("--- a/") :]
+
+
+def test_the_registry_table_and_which_initialiser_when_name_every_initialiser():
+    from hf_gradinit import available_initializers
+
+    registry = README[README.index("| name | what it does |") :].split("\n\n")[0]
+    when = README[README.index("### Which initialiser when") :].split("\n\n")[1]
+    for name in available_initializers():
+        assert f"| `{name}` |" in registry, name
+        assert f"`{name}`" in when, name
