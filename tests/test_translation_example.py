@@ -34,9 +34,10 @@ def run(tmp_path, *argv: str) -> dict:
 
 
 @pytest.mark.parametrize("init", ["default", "gradinit"])
-def test_builtin_data_end_to_end(init, tmp_path, capsys):
+def test_builtin_data_end_to_end(init, tmp_path, capsys, recwarn):
     results = run(tmp_path, "--model_init", init, "--builtin_train_size", "200")
     out = capsys.readouterr().out
+    assert not [w for w in recwarn if "pin_memory" in str(w.message)]  # pinning follows the device
     # upstream's metrics blocks, then where the results went, last
     for block in ("train", "eval", "predict"):
         assert f"***** {block} metrics *****" in out
