@@ -135,7 +135,7 @@ def test_fixup_follows_the_three_rules_on_the_no_bn_resnet():
         he = math.sqrt(2 / (w.shape[0] * w.shape[2] * w.shape[3]))  # fan_out, as the authors' code
         assert float(w.detach().std()) == pytest.approx(he * factor, rel=0.06)
         assert not block.conv2.weight.any()  # rule 1: the branch's last layer at 0
-        assert float(block.scale.weight) == 1.0
+        assert float(block.scale.weight.detach()) == 1.0
         assert all(float(getattr(block, b).bias) == 0.0 for b in ("bias1a", "bias1b", "bias2a", "bias2b"))
     assert not model.fc.weight.any() and not model.fc.bias.any()  # the classifier at 0
     stem = model.conv1.weight
