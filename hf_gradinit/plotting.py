@@ -36,9 +36,9 @@ def tensor_position(name: str) -> tuple[str, int | None, str]:
     >>> tensor_position("model.shared.weight")
     ('model', None, 'model.shared.weight')
     """
-    prefix = name.split(".layers.")[0]
-    part = "encoder" if "encoder" in prefix else "decoder" if "decoder" in prefix else "model"
     match = _LAYER.search(name)
+    prefix = name[: match.start()] if match else name.split(".layers.")[0]
+    part = "encoder" if "encoder" in prefix else "decoder" if "decoder" in prefix else "model"
     if match is None:
         return part, None, name
     return part, int(match.group(1)), name[match.end() :]

@@ -226,3 +226,48 @@ def test_tfixup_can_keep_layernorm_is_seeded_and_refuses_other_models():
     with pytest.raises(GradInitError, match=r"BART/Marian .* The model is unchanged"):
         tfixup_init(gpt2)
     assert all(torch.equal(before[n], p) for n, p in gpt2.state_dict().items())
+
+
+def test_review_cases_bottleneck_branches_named_head_tied_names_and_plot_parts():
+    from hf_gradinit.errors import GradInitError
+    from hf_gradinit.methods.schemes import TFixupConfig, fixup_init, tfixup_init
+    from hf_gradinit.plotting import tensor_position
+
+    class Bottleneck(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2, self.conv3 = (torch.nn.Conv2d(4, 4, 1) for _ in range(3))
+            self.scale = torch.nn.Module()
+            self.scale.weight = torch.nn.Parameter(torch.ones(1))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)  # registered before the blocks
+            self.blocks = torch.nn.Sequential(Bottleneck(), Bottleneck())
+            self.extra = torch.nn.Linear(4, 4)
+
+    net = Net()
+    result = fixup_init(net)
+    assert result.config["m"] == 3  # conv3 is the branch's last layer, zeroed
+    assert not net.blocks[0].conv3.weight.any() and net.blocks[0].conv2.weight.any()
+    assert result.scales["blocks.0.conv1.weight"] == pytest.approx(2 ** (-1 / 4))
+    assert not net.fc.weight.any() and net.extra.weight.any()  # the named head, not the last Linear
+
+    class Ambiguous(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.Sequential(Bottleneck())
+            self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+
+    with pytest.raises(GradInitError, match="cannot tell the classifier"):
+        fixup_init(Ambiguous())
+
+    # a tied tensor goes by its first name, and exclude reaches it by any of its names
+    model = tiny_marian(seed=1)
+    before = model.model.shared.weight.detach().clone()
+    result = tfixup_init(model, TFixupConfig(exclude=("embed_tokens",), keep_layernorm=True))
+    assert torch.equal(model.model.shared.weight, before) and "lm_head.weight" not in result.scales
+    result = tfixup_init(tiny_marian(seed=1), TFixupConfig(keep_layernorm=True))
+    assert "model.shared.weight" in result.scales and "lm_head.weight" not in result.scales
+    assert tensor_position("model.decoder.blocks.2.encoder_attn.v_proj.weight")[0] == "decoder"

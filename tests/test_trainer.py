@@ -527,3 +527,19 @@ def test_tfixup_through_the_command_line_options_and_the_callback(tmp_path, caps
     assert "[hf_gradinit] tfixup:" in out and "normalisation layers removed" in out
     _, keep = parse(tmp_path, "--model_init", "tfixup", "--tfixup_keep_layernorm", "true")
     assert keep.initializer_config().keep_layernorm is True
+
+
+def test_resuming_a_tfixup_run_removes_the_layernorms_the_checkpoint_was_trained_without(tmp_path):
+    from hf_gradinit import InitializerCallback
+
+    args = training_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    Seq2SeqTrainer(model=tiny_marian(seed=3), args=args, train_dataset=reversal_dataset(),
+                   callbacks=[InitializerCallback("tfixup")]).train()  # fmt: skip
+    checkpoint = glob.glob(str(tmp_path / "out" / "checkpoint-*"))[0]
+    model = tiny_marian(seed=3)
+    args = training_args(tmp_path, max_steps=3, save_strategy="no")
+    resumed = InitializerCallback("tfixup")
+    trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=reversal_dataset(), callbacks=[resumed])
+    trainer.train(resume_from_checkpoint=checkpoint)
+    assert resumed.result is None and trainer.state.global_step == 3
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())

@@ -24,14 +24,19 @@ def last_checkpoint_or_refuse(output_dir: str, *, do_train: bool, overwrite: boo
     with checkpoints resumes from the last complete one; into a non-empty folder without any,
     it stops unless ``--overwrite_output_dir`` (transformers 5 dropped that field from
     ``TrainingArguments``, so the scripts carry it themselves)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    import re
 
     if not do_train or overwrite or not os.path.isdir(output_dir):
         return None
-    last = get_last_checkpoint(output_dir)
-    if last is not None and not os.path.isfile(os.path.join(last, "trainer_state.json")):
-        logger.warning("Ignoring %s: incomplete (no trainer_state.json, the run stopped while saving).", last)
-        last = None
+    numbered = sorted(
+        (int(m.group(1)), d) for d in os.listdir(output_dir) if (m := re.fullmatch(r"checkpoint-(\d+)", d))
+    )
+    last = None
+    for _, d in reversed(numbered):  # the newest complete one: a run may stop while saving
+        if os.path.isfile(os.path.join(output_dir, d, "trainer_state.json")):
+            last = os.path.join(output_dir, d)
+            break
+        logger.warning("Ignoring %s: incomplete (no trainer_state.json, the run stopped while saving).", d)
     if last is None and os.listdir(output_dir):
         raise OutputDirError(
             f"--output_dir {output_dir} already exists and is not empty (no checkpoint to resume from):"
@@ -78,11 +83,11 @@ def finish_run(trainer: Any, results: dict[str, Any], output_dir: str, script: s
     from hf_gradinit.trainer import initializer_result
 
     result = initializer_result(trainer)
+    path.write_text(json.dumps(results, indent=2, default=str))  # first: a failed picture loses nothing
     if callable(getattr(result, "plot", None)) and getattr(result, "scales", None):
         try:
             written.append(result.plot(out / "init_scales.png"))
-        except ImportError as err:  # matplotlib is an extra
-            logger.warning("No init_scales.png: %s (pip install matplotlib).", err)
-    path.write_text(json.dumps(results, indent=2, default=str))
+        except Exception as err:  # matplotlib is an extra; a picture is never worth the run
+            logger.warning("No init_scales.png: %s: %s", type(err).__name__, err)
     print(f"***** {script}: results in {', '.join(str(p) for p in written)} *****", flush=True)
     return path

@@ -309,13 +309,18 @@ class InitializerCallback(TrainerCallback):
         if state.global_step > 0:
             logger.info("Resuming from step %d: the checkpoint holds the initialised weights; %s skipped.",
                         state.global_step, self.spec.name)  # fmt: skip
+            if getattr(self._config(args, state), "keep_layernorm", True) is False:
+                # The checkpoint was trained without LayerNorm; the rebuilt model has them again.
+                from ..methods.schemes import remove_layernorms
+
+                remove_layernorms(core)
             return
         if (self._done_for is not None and self._done_for() is core) or self.spec.name == "default":
             return
         trainer = self.trainer
         _check_sharding(args, model, self.spec, trainer)
         config = self._config(args, state)
-        if getattr(config, "keep_layernorm", True) is False and model is not core:
+        if getattr(config, "keep_layernorm", True) is False and (model is not core or world_size() > 1):
             # DDP registered the parameters when it wrapped the model: removing modules now
             # would leave it waiting for gradients that never come.
             raise GradInitError(
@@ -352,7 +357,15 @@ class InitializerCallback(TrainerCallback):
 
     def _config(self, args: TrainingArguments, state: TrainerState) -> Any:
         if self.spec.config_class is not GradInitConfig:
-            return self.config
+            config = self.config
+            if config is None and self.spec.config_class is not None:
+                config = self.spec.config_class()  # what the method itself would default to
+            from ..methods.schemes import TFixupConfig
+
+            if isinstance(config, TFixupConfig) and config.seed is None:
+                # T-Fixup draws from the global RNG: the run's seed, so every process draws alike.
+                config = dataclasses.replace(config, seed=args.seed)
+            return config
         config = config_for_training(self.config, args)
         if config.show_progress and (args.disable_tqdm or not state.is_local_process_zero):
             config = dataclasses.replace(config, show_progress=False)

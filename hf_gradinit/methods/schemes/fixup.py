@@ -36,6 +36,15 @@ def _weight_layers(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear))]
 
 
+def _numbered_convs(block: nn.Module) -> list[nn.Module]:
+    # conv1, conv2, ... in order: a bottleneck block's conv3 is its branch's last layer.
+    convs, k = [], 1
+    while isinstance(getattr(block, f"conv{k}", None), nn.Module):
+        convs.append(getattr(block, f"conv{k}"))
+        k += 1
+    return convs
+
+
 def fixup_branches(model: nn.Module) -> list[list[nn.Module]]:
     """The residual branches of ``model`` as lists of their weight layers, or a
     :class:`~hf_gradinit.GradInitError` saying what Fixup can read."""
@@ -44,7 +53,7 @@ def fixup_branches(model: nn.Module) -> list[list[nn.Module]]:
         branches = [list(b) for b in own()]
     else:
         branches = [
-            [m.conv1, m.conv2]
+            _numbered_convs(m)
             for m in model.modules()
             if isinstance(getattr(m, "conv1", None), nn.Module)
             and isinstance(getattr(m, "conv2", None), nn.Module)
@@ -71,13 +80,32 @@ def fixup_branches(model: nn.Module) -> list[list[nn.Module]]:
     return branches
 
 
-def _classifier(model: nn.Module) -> nn.Module | None:
+def _classifier(model: nn.Module, in_branch: set[int]) -> nn.Module | None:
+    """The classification layer: ``get_output_embeddings()``, an ``fc`` / ``classifier`` /
+    ``head`` attribute, or the only Linear outside the branches; ``None`` if there is none."""
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
+    if head is None:
+        head = next((getattr(model, a) for a in ("fc", "classifier", "head") if isinstance(getattr(model, a, None),
+                     nn.Linear)), None)  # fmt: skip
+    if head is None:
+        outside = [m for m in model.modules() if isinstance(m, nn.Linear) and id(m) not in in_branch]
+        if len(outside) > 1:
+            raise GradInitError(
+                f"fixup cannot tell the classifier of {type(model).__name__} among {len(outside)} linear layers"
+                " outside the residual branches: name it fc, classifier or head (or define get_output_embeddings)."
+                " The model is unchanged."
+            )
+        head = outside[0] if outside else None
     if head is not None:
-        return head
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return linears[-1] if linears else None
+        get_in = getattr(model, "get_input_embeddings", None)
+        embedding = get_in() if callable(get_in) else None
+        if embedding is not None and getattr(embedding, "weight", None) is head.weight:
+            raise GradInitError(
+                "fixup would zero the classifier, which is tied to the input embeddings here (every token"
+                " embedding would be 0): untie them first. The model is unchanged."
+            )
+    return head
 
 
 @torch.no_grad()
@@ -92,10 +120,9 @@ def fixup_init(model: nn.Module) -> SchemeResult:
     """
     branches = fixup_branches(model)
     names = {id(p): n for n, p in model.named_parameters()}
-    L, m = len(branches), max(len(b) for b in branches)
-    factor = L ** (-1.0 / (2 * m - 2))
+    L = len(branches)
     in_branch = {id(layer) for branch in branches for layer in branch}
-    head = _classifier(model)
+    head = _classifier(model, in_branch)
     scales: dict[str, float] = {}
     for layer in _weight_layers(model):
         if id(layer) in in_branch or layer is head:
@@ -105,6 +132,7 @@ def fixup_init(model: nn.Module) -> SchemeResult:
         if layer.bias is not None:
             nn.init.zeros_(layer.bias)
     for branch in branches:
+        factor = L ** (-1.0 / (2 * len(branch) - 2))  # each branch by its own m
         *inner, last = branch
         for layer in inner:
             nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
@@ -126,4 +154,8 @@ def fixup_init(model: nn.Module) -> SchemeResult:
             p.fill_(1.0)
         elif p.numel() == 1 and "bias" in name:
             p.zero_()
-    return SchemeResult("fixup", scales=scales, config={"L": L, "m": m, "branch_factor": factor})
+    lengths = sorted({len(b) for b in branches})
+    m = lengths[0] if len(lengths) == 1 else lengths
+    factors = {n: L ** (-1.0 / (2 * n - 2)) for n in lengths}
+    return SchemeResult("fixup", scales=scales, config={"L": L, "m": m, "branch_factor": factors[lengths[0]]
+                        if len(lengths) == 1 else factors})  # fmt: skip

@@ -13,7 +13,9 @@ The paper's three steps, for an encoder of ``N`` layers and a decoder of ``M``:
 
 And LayerNorm removed: every ``nn.LayerNorm`` in the model is replaced by ``nn.Identity``, and
 the replaced modules are listed in the result (``removed``), so the change is visible.
-``keep_layernorm=True`` keeps them (the scaling only). The model's own embedding scale
+``keep_layernorm=True`` keeps them (the scaling only). Every trainable ``nn.Embedding`` counts
+as an input embedding (so do learned position embeddings, as BART's; Marian's sinusoidal ones
+are frozen and kept). The model's own embedding scale
 (Marian multiplies embeddings by sqrt(d) when ``scale_embedding``) is left as it is.
 
 Removing modules changes the model's structure: a checkpoint saved afterwards has no LayerNorm
@@ -106,8 +108,11 @@ def tfixup_init(model: nn.Module, config: TFixupConfig | None = None) -> SchemeR
     n_enc, n_dec = len(enc.layers), len(dec.layers)
     dec_factor = (9 * n_dec) ** -0.25
     enc_factor = 0.67 * n_enc**-0.25
-    skip = lambda name: any(re.search(p, name) for p in config.exclude)
-    names = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+    aliases: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), []).append(n)
+    names = {k: v[0] for k, v in aliases.items()}  # a tied tensor by its first name, as named_parameters()
+    skip = lambda w: any(re.search(p, n) for p in config.exclude for n in aliases[id(w)])
     embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding) and m.weight.requires_grad]
     embedding_weights = {id(m.weight) for m in embeddings}
     factors: dict[int, float] = {}
@@ -138,7 +143,7 @@ def tfixup_init(model: nn.Module, config: TFixupConfig | None = None) -> SchemeR
             if not isinstance(weight, nn.Parameter) or id(weight) in done or not weight.requires_grad:
                 continue
             name = names[id(weight)]
-            if skip(name):
+            if skip(weight):
                 continue
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(weight, 0.0, module.embedding_dim**-0.5)
