@@ -46,6 +46,8 @@ from transformers import HfArgumentParser, TrainingArguments
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))  # reporting, shared by the examples
 
+from script_support import UsageError
+
 from hf_gradinit.trainer.arguments import InitArguments, parse_before_training_args
 
 if TYPE_CHECKING:
@@ -77,10 +79,6 @@ SCRIPT_DEFAULTS: dict[str, Any] = {
     "max_grad_norm": -1.0,  # resolved per model: 1 without BatchNorm, off with it
     "dataloader_num_workers": 0,
 }
-
-
-class UsageError(ValueError):
-    """A problem with the command line or the data it names."""
 
 
 @dataclass
@@ -207,24 +205,13 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
     from cifar_models import build_model
     from cifar_trainer import CifarTrainer
     from reporting import machine_description
-    from script_support import (
-        OutputDirError,
-        finish_run,
-        initializer_figures,
-        last_checkpoint_or_refuse,
-        pin_memory_for_device,
-    )
+    from script_support import finish_run, initializer_figures, prepare_run
     from transformers import set_seed
 
     from hf_gradinit import trainer_init_kwargs
     from hf_gradinit.trainer import attach_trainer, initializer_result, initializer_timing
 
-    try:
-        last = last_checkpoint_or_refuse(training_args.output_dir, do_train=training_args.do_train,
-                                         overwrite=recipe.overwrite_output_dir)  # fmt: skip
-    except OutputDirError as err:
-        raise UsageError(str(err)) from err
-    pin_memory_for_device(training_args)
+    last = prepare_run(training_args, overwrite=recipe.overwrite_output_dir)  # OutputDirError is a UsageError
 
     set_seed(training_args.seed)
     train_ds, test_ds, classes = load_data(data_args)

@@ -15,7 +15,11 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
-class OutputDirError(ValueError):
+class UsageError(ValueError):
+    """A problem with the command line or the data it names (the scripts exit with status 2)."""
+
+
+class OutputDirError(UsageError):
     """The output folder holds a previous run that this one would overwrite."""
 
 
@@ -45,6 +49,15 @@ def last_checkpoint_or_refuse(output_dir: str, *, do_train: bool, overwrite: boo
     if last is not None:
         # The checkpoint holds the initialised weights, so the initialiser skips itself.
         logger.info("Checkpoint found: resuming from %s (--overwrite_output_dir true trains from scratch).", last)
+    return last
+
+
+def prepare_run(training_args: Any, *, overwrite: bool) -> str | None:
+    """What every example run does first: the output-folder rule of
+    :func:`last_checkpoint_or_refuse` (its checkpoint to resume from, or ``None``), then
+    dataloader pinning by device."""
+    last = last_checkpoint_or_refuse(training_args.output_dir, do_train=training_args.do_train, overwrite=overwrite)
+    pin_memory_for_device(training_args)
     return last
 
 

@@ -60,6 +60,8 @@ logger = logging.getLogger("run_translation")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # builtin_data, translation_trainer
 sys.path.insert(0, str(HERE.parent / "common"))  # reporting, shared by the examples
+from script_support import UsageError  # noqa: E402  (light: no transformers import)
+
 SHIPPED_CONFIGS = {p.stem: p for p in sorted((HERE / "configs").glob("*.json"))}
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>"]
 
@@ -128,10 +130,6 @@ RECIPES: dict[str, dict[str, Any]] = {
         "gradinit_max_tokens": 1500,
     },
 }
-
-
-class UsageError(ValueError):
-    """A problem with the command line or the data it names."""
 
 
 @dataclass
@@ -468,13 +466,7 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
 
     import numpy as np
     from reporting import machine_description
-    from script_support import (
-        OutputDirError,
-        finish_run,
-        initializer_figures,
-        last_checkpoint_or_refuse,
-        pin_memory_for_device,
-    )
+    from script_support import finish_run, initializer_figures, prepare_run
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, MarianMTModel, set_seed
     from translation_trainer import FirstStepReporter, TranslationTrainer, diagnostic_batch
 
@@ -482,12 +474,7 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
     from hf_gradinit.methods.schemes import fairseq_init, xavier_init
     from hf_gradinit.trainer import attach_trainer, initializer_timing
 
-    try:
-        last = last_checkpoint_or_refuse(training_args.output_dir, do_train=training_args.do_train,
-                                         overwrite=recipe_args.overwrite_output_dir)  # fmt: skip
-    except OutputDirError as err:
-        raise UsageError(str(err)) from err
-    pin_memory_for_device(training_args)
+    last = prepare_run(training_args, overwrite=recipe_args.overwrite_output_dir)  # OutputDirError is a UsageError
 
     set_seed(training_args.seed)
     raw = load_raw_datasets(data_args, training_args.seed)
