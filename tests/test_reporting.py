@@ -39,3 +39,18 @@ def test_a_run_killed_by_a_signal_runs_again_and_its_new_record_wins(tmp_path, c
     newest = {r["key"]: r for r in records}
     assert len(records) == 4 and newest["b"]["returncode"] == 0 and newest["b"]["bleu"] == 2.0
     assert len(read_jsonl(results)) == 5  # the killed record stays in the file, superseded
+
+
+def test_records_of_another_sweep_are_shown_first_and_never_run(tmp_path, capsys):
+    other, results = tmp_path / "other.jsonl", tmp_path / "results.jsonl"
+    append_jsonl(other, {"key": "old", "returncode": 0, "bleu": 1.0})
+    append_jsonl(other, {"key": "shared", "returncode": 0, "bleu": 1.0})
+    append_jsonl(results, {"key": "shared", "returncode": 0, "bleu": 3.0})
+
+    def execute(item):
+        raise AssertionError(f"{item.key} should not run")
+
+    records = run_sweep([Item("shared")], execute, str, results, jobs=1, report_only=False, with_records=[other])
+    assert [(r["key"], r["bleu"]) for r in records] == [("old", 1.0), ("shared", 3.0)]
+    assert "1 runs already done, 0 to go" in capsys.readouterr().out
+    assert len(read_jsonl(results)) == 1  # the other sweep's records are not copied in

@@ -101,6 +101,11 @@ def sweep_parser(doc: str, argv: list[str] | None) -> tuple[Any, list[str], list
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     parser.add_argument("--threads_per_run", type=int, default=None, help="OMP/MKL threads of each run")
     parser.add_argument("--report_only", action="store_true", help="run nothing: rewrite table and plots")
+    parser.add_argument(
+        "--with_records", nargs="+", type=Path, default=[], metavar="JSONL",
+        help="results.jsonl files of other sweeps (same recipe) whose rows the table and plots show beside "
+        "this sweep's; nothing of theirs is run, and this sweep's record of a key wins",
+    )  # fmt: skip
     return parser, own, passthrough
 
 
@@ -138,14 +143,22 @@ def run_recorded(
 
 
 def run_sweep(
-    plan: list[Any], execute: Any, describe: Any, results_path: Path, *, jobs: int, report_only: bool
+    plan: list[Any],
+    execute: Any,
+    describe: Any,
+    results_path: Path,
+    *,
+    jobs: int,
+    report_only: bool,
+    with_records: Iterable[str | Path] = (),
 ) -> list[dict[str, Any]]:
     """Run the items of ``plan`` (each with a ``key``; its log in ``logs/<key>.log``) not yet in
     ``results_path``, ``jobs`` at a time, appending ``execute(item)``'s record as each finishes
     and printing ``describe(record)``; return the newest record of every key in the file. Running
     the same plan again resumes a half-done sweep: a run that was killed by a signal (the
     session ending under it: a negative return code) counts as not done and runs again, and a
-    run that saves checkpoints goes on from its last one."""
+    run that saves checkpoints goes on from its last one. Records read from ``with_records``
+    (other sweeps' files) come first in the returned list, for tables that combine sweeps."""
     done = {r["key"] for r in read_jsonl(results_path) if r.get("returncode", 0) >= 0}
     todo = [] if report_only else [item for item in plan if item.key not in done]
     print(f"{len(done)} runs already done, {len(todo)} to go", flush=True)
@@ -157,4 +170,5 @@ def run_sweep(
         print(f"[{i}/{len(todo)}] {item.key}: {describe(record)}, {record['wall_time_s']:.0f}s{status}", flush=True)
 
     run_all(todo, one, jobs)
-    return list({r["key"]: r for r in read_jsonl(results_path)}.values())
+    others = [r for path in with_records for r in read_jsonl(path)]
+    return list({r["key"]: r for r in [*others, *read_jsonl(results_path)]}.values())

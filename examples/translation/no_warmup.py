@@ -264,6 +264,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.out / "results.jsonl",
         jobs=args.jobs,
         report_only=args.report_only,
+        with_records=args.with_records,
     )
     if records:
         write_table(records, args.out / "results.md")
