@@ -26,6 +26,7 @@ from hf_gradinit import (
     GradInitError,
     GradInitResult,
     InitArguments,
+    InitializerCallback,
     apply_scales,
     make_model_init,
     trainer_init_kwargs,
@@ -242,6 +243,14 @@ def test_callback_prints_one_line_and_writes_its_own_tensorboard_log_when_unatta
     assert "gradinit/scales" in histograms
 
 
+@pytest.mark.parametrize("disable_tqdm", [True, False])
+def test_every_methods_progress_bar_follows_disable_tqdm(tmp_path, capsys, disable_tqdm):
+    args = training_args(tmp_path, max_steps=1, disable_tqdm=disable_tqdm)
+    callback = InitializerCallback("lsuv")
+    Seq2SeqTrainer(model=tiny_marian(seed=2), args=args, train_dataset=reversal_dataset(), callbacks=[callback]).train()
+    assert ("LSUV:" in capsys.readouterr().err) is not disable_tqdm
+
+
 def test_callback_not_run_again_on_resume(tmp_path):
     args = training_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
     first = GradInitCallback(quick())
@@ -322,7 +331,7 @@ def test_callback_refuses_deepspeed_and_fsdp1_and_tells_a_fsdp2_fallback(tmp_pat
 
 
 def test_trainer_init_kwargs_keeps_the_callback_route_under_fsdp2_for_gradinit_only(tmp_path):
-    from hf_gradinit import InitArguments, InitializerCallback, trainer_init_kwargs
+    from hf_gradinit import InitArguments, trainer_init_kwargs
 
     args = training_args(tmp_path, fsdp=True, fsdp_config={"version": 2})
     kwargs = trainer_init_kwargs(InitArguments(model_init="gradinit"), args, model=tiny_marian())
@@ -530,7 +539,6 @@ def test_tfixup_through_the_command_line_options_and_the_callback(tmp_path, caps
 
 
 def test_resuming_a_tfixup_run_removes_the_layernorms_the_checkpoint_was_trained_without(tmp_path):
-    from hf_gradinit import InitializerCallback
 
     args = training_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
     Seq2SeqTrainer(model=tiny_marian(seed=3), args=args, train_dataset=reversal_dataset(),

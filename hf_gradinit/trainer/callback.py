@@ -365,9 +365,10 @@ class InitializerCallback(TrainerCallback):
             if isinstance(config, TFixupConfig) and config.seed is None:
                 # T-Fixup draws from the global RNG: the run's seed, so every process draws alike.
                 config = dataclasses.replace(config, seed=args.seed)
-            return config
-        config = config_for_training(self.config, args)
-        if config.show_progress and (args.disable_tqdm or not state.is_local_process_zero):
+        else:
+            config = config_for_training(self.config, args)
+        # Every method's bar follows the Trainer's: off with --disable_tqdm and on all but one process.
+        if getattr(config, "show_progress", False) and (args.disable_tqdm or not state.is_local_process_zero):
             config = dataclasses.replace(config, show_progress=False)
         return config
 
