@@ -357,3 +357,11 @@ def test_compare_first_steps_table(tmp_path):
     # lr x2 doubles every relative step; halving fc2 in one of the two layers (of about equal
     # norms) gives about (2*2 + 2) / 2 = 3.
     assert fc1.endswith("| 2.00 |") and float(fc2.split("|")[-2]) == pytest.approx(3.0, abs=0.1)
+    # The outlier table: a weight shrunk to 1e-3 of its norm is moved by far more than its norm.
+    with torch.no_grad():
+        model.model.decoder.layers[0].fc1.weight.mul_(1e-3)
+    first_step_report(model, batch, lr=1e-3).save(tmp_path / "c.json")
+    out = compare_first_steps.main([str(tmp_path / "a.json"), "base", str(tmp_path / "c.json"), "shrunk"])
+    base, shrunk = (line.split(" | ") for line in out.splitlines()[-2:])
+    assert base[1].startswith("0 of") and shrunk[1].startswith("1 of")
+    assert shrunk[2].endswith("(model.decoder.layers.0.fc1.weight) |") and float(shrunk[2].split()[0]) > 1

@@ -5,7 +5,9 @@ For each weight kind of the stacked blocks (``self_attn.v_proj.weight``, ``fc2.w
 encoder and decoder apart) and each embedding, the mean over layers of ``|Δθ|/|θ|`` of the
 optimizer's first step, one column per report, and the ratio of every column to the first.
 It shows whether two models at two learning rates take the same relative first step (the
-small CPU model against the paper's), or what an initialiser changed (before and after).
+small CPU model against the paper's), or what an initialiser changed (before and after). Means
+over layers hide single tensors, so a second table counts, per report, the weights the first
+step moves by more than half their norm and names the largest.
 
     python examples/translation/compare_first_steps.py \\
         results/first_step/first_step_report.json "paper model, lr 5e-4" \\
@@ -52,12 +54,25 @@ def table(reports: list[tuple[FirstStepReport, str]]) -> str:
     return "\n".join(lines)
 
 
+def outliers(reports: list[tuple[FirstStepReport, str]], threshold: float = 0.5) -> str:
+    lines = [
+        f"| report | weights moved > {threshold:g}x their norm | largest ‖Δθ‖/‖θ‖ (tensor) |",
+        "|---|---|---|",
+    ]
+    for report, label in reports:
+        weights = [r for r in report.rows if r.param_norm > 0 and r.kind.endswith("weight")]
+        top = max(weights, key=lambda r: r.relative_update)
+        moved = sum(r.relative_update > threshold for r in weights)
+        lines.append(f"| {label} | {moved} of {len(weights)} | {top.relative_update:.2f} ({top.name}) |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> str:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) < 2 or len(argv) % 2:
         raise SystemExit("usage: compare_first_steps.py REPORT.json LABEL [REPORT.json LABEL ...]")
     reports = [(FirstStepReport.load(argv[i]), argv[i + 1]) for i in range(0, len(argv), 2)]
-    out = table(reports)
+    out = table(reports) + "\n\n" + outliers(reports)
     print(out)
     return out
 
