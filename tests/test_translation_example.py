@@ -11,6 +11,8 @@ import pytest
 import transformers
 from conftest import run_script_main
 
+import hf_gradinit
+
 pytest.importorskip("datasets")
 pytest.importorskip("sacrebleu")
 pytest.importorskip("tokenizers")
@@ -284,6 +286,19 @@ def test_paper_recipe_sets_the_papers_values_and_flags_still_win():
     # Without a recipe the script's own defaults hold, clipping off as in the paper.
     _, _, plain, _, plain_recipe = run_translation.parse_args(["--output_dir", "unused"])
     assert plain.max_grad_norm == 0.0 and plain_recipe.max_tokens is None and plain.learning_rate == 5e-4
+
+
+def test_paper_recipe_bounds_an_sgd_targets_l2_norm_by_the_authors_sgd_gamma():
+    def gamma(*argv):
+        return run_translation.parse_args(["--output_dir", "unused", *argv])[3].gradinit_gamma
+
+    sgd = ("--optim", "sgd", "--optim_args", "momentum=0.9")
+    assert gamma("--recipe", "paper_small", *sgd) == run_translation.RECIPE_SGD_GAMMA == 1.0
+    assert gamma("--recipe", "paper_small", "--optim", "adamw_torch", "--gradinit_target", "sgd") == 1.0
+    assert gamma("--recipe", "paper_small") == 1000.0  # Adam: the paper's value
+    assert gamma("--recipe", "paper_small", *sgd, "--gradinit_gamma", "1000") == 1000.0  # a flag wins
+    assert gamma("--recipe", "paper_small", *sgd, "--gradinit_gamma=5") == 5.0
+    assert gamma(*sgd) == hf_gradinit.InitArguments().gradinit_gamma  # no recipe: the library's default
 
 
 def test_paper_small_recipe_end_to_end_with_token_batches_schedule_report_and_resume(tmp_path):
