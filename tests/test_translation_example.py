@@ -258,6 +258,19 @@ def test_no_warmup_sweep_runs_resumes_and_reports(tmp_path, capsys):
     assert len(again) == 4 and "4 runs already done, 0 to go" in capsys.readouterr().out
 
 
+def test_no_warmup_table_says_diverged_where_the_trainer_logged_filtered_nan_losses(tmp_path):
+    import no_warmup
+
+    def record(seed, curve):
+        return {"optim": "sgd", "momentum": 0.9, "lr": 0.3, "variant": "default", "seed": seed,
+                "returncode": 0, "loss_curve": curve}  # fmt: skip
+
+    no_warmup.write_table([record(0, [[10, 6.5], [20, 0.0]]), record(1, [[10, 6.5], [20, 6.1]])], tmp_path / "t.md")
+    assert "[diverged in 1 of 2] (n=2)" in (tmp_path / "t.md").read_text()
+    no_warmup.write_table([record(1, [[10, 6.5], [20, 6.1]])], tmp_path / "t.md")
+    assert "[6.10] (n=1)" in (tmp_path / "t.md").read_text()
+
+
 def test_no_warmup_rejects_unknown_variant(tmp_path, capsys):
     import no_warmup
 

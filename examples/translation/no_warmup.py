@@ -172,7 +172,11 @@ def write_table(records: list[dict[str, Any]], path: Path) -> None:
                 cells.append("")
                 continue
             losses = [r["loss_curve"][-1][1] for r in rs if r.get("loss_curve")]
-            loss = f" [{statistics.fmean(losses):.2f}]" if losses else ""
+            # The Trainer filters NaN/inf losses out of its logs (logging_nan_inf_filter), so a
+            # run that diverged logs 0.0, which a label-smoothed loss can never be.
+            diverged = sum(x == 0.0 for x in losses)
+            loss = f" [{statistics.fmean(losses):.2f}]" if losses and not diverged else ""
+            loss = f" [diverged in {diverged} of {len(losses)}]" if diverged else loss
             measured = [r for r in rs if r["returncode"] != 0 or not math.isnan(bleu_of(r))]
             bleu = mean_std([bleu_of(r) for r in rs]) if measured else "no BLEU asked"
             cells.append(f"{bleu}{loss} (n={len(rs)})")
