@@ -153,6 +153,7 @@ def _fails(tmp_path, capsys, *argv: str) -> str:
         (["--model_init", "gradinit", "--optim", "adafactor"], "--optim adafactor takes"),
         (["--config_name", "nope"], "--config_name nope: not a shipped config"),
         (["--max_tokens", "0"], "--max_tokens must be a positive number"),
+        (["--train_time_limit_s", "-5"], "--train_time_limit_s must be >= 0"),
         (["--model_init", "gradinit", "--gradinit_beta1", "0.9"], "Give both --gradinit_beta1 and --gradinit_beta2"),
     ],
 )
@@ -340,6 +341,38 @@ def test_paper_small_recipe_end_to_end_with_token_batches_schedule_report_and_re
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 6
     assert sum("gradinit/iterations" in h for h in state["log_history"]) == 1
+
+
+def test_time_limit_ends_training_then_evaluates_and_records_the_step(tmp_path):
+    # A limit already passed by the first step: one step is trained, then eval and predict run.
+    results = run(tmp_path, "--builtin_train_size", "200", "--train_time_limit_s", "1e-6")
+    assert results["global_step"] == 1 and results["time_limited"] is True
+    assert 0.0 <= results["predict_bleu"] <= 100.0
+    saved = json.loads((tmp_path / "out" / "all_results.json").read_text())
+    assert saved["global_step"] == 1 and saved["time_limited"] is True
+    # A limit never reached changes nothing: all 4 steps, not time-limited.
+    again = ["--train_time_limit_s", "1e6", "--overwrite_output_dir", "true"]
+    results = run(tmp_path, "--builtin_train_size", "200", *again)
+    assert results["global_step"] == 4 and results["time_limited"] is False
+
+
+def test_time_limit_callback_stops_at_the_first_step_past_the_deadline():
+    from transformers import TrainerControl, TrainerState
+    from translation_trainer import TimeLimit
+
+    now = [0.0]
+    limit = TimeLimit(deadline=10.0, clock=lambda: now[0])
+    state, control = TrainerState(max_steps=100), TrainerControl()
+    for step, t in enumerate([3.0, 9.9, 10.0, 12.0], start=1):
+        now[0], state.global_step = t, step
+        limit.on_step_end(None, state, control)
+        assert control.should_training_stop == (step >= 3)
+    assert limit.stopped_at == 3
+    # The last step of a run is not a stop by the limit.
+    done = TimeLimit(deadline=0.0, clock=lambda: 1.0)
+    state, control = TrainerState(max_steps=5, global_step=5), TrainerControl()
+    done.on_step_end(None, state, control)
+    assert done.stopped_at is None and not control.should_training_stop
 
 
 def test_token_bounded_training_batches_respect_the_bound(tmp_path):

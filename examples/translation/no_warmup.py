@@ -127,7 +127,7 @@ def command(run: Run, args: argparse.Namespace, out_dir: Path) -> list[str]:
 
 
 KEPT = ("eval_bleu", "predict_bleu", "train_loss", "eval_loss", "init_seconds", "init_fraction_of_train_runtime",
-        "machine")  # fmt: skip
+        "machine", "global_step", "time_limited")  # fmt: skip
 
 
 def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:

@@ -16,6 +16,8 @@ for the GradInit paper's setting:
   whatever the run's length (``--schedule_steps``), GradInit with eta = 2 x lr, T 780, tau 2.5e-3,
   gamma 1000 on Adam's ||g||_1 (with SGD, whose ||g||_2 it would never bind, gamma 1: the
   authors' SGD value from their CIFAR runs, as the paper gives none for SGD Transformers);
+* ``--train_time_limit_s`` ends training at a wall-clock deadline (then evaluates and predicts as
+  usual), for runs that share a machine lent for a fixed time;
 * ``--first_step_report`` writes, before training and again after the initialiser, how far
   the optimizer's first step moves every tensor (``hf_gradinit.diagnostics``), table and plot;
 * ``--model_init {default,gradinit,...}`` (every registered initialiser) runs on top of it,
@@ -204,6 +206,15 @@ class RecipeArguments:
         metadata={
             "help": "GradInit's eta is this times --learning_rate when --gradinit_eta is not given (the paper:"
             " eta 1e-3 for lr 5e-4, i.e. 2)."
+        },
+    )
+    train_time_limit_s: float = field(
+        default=0.0,
+        metadata={
+            "help": "Stop training once this many seconds have passed since the script started (the initialiser's"
+            " time included), then evaluate and predict as usual; all_results.json records the step reached"
+            " (global_step) and time_limited. The schedule is unchanged, so with --schedule_steps a stopped run"
+            " is the first part of the full one. 0: no limit."
         },
     )
     first_step_report: bool = field(
@@ -473,6 +484,8 @@ def validate(model_args, data_args, training_args, init_args, recipe_args) -> No
         raise UsageError(f"--max_tokens must be a positive number of tokens, got {recipe_args.max_tokens}.")
     if recipe_args.schedule_steps is not None and recipe_args.schedule_steps < 1:
         raise UsageError(f"--schedule_steps must be a positive number of steps, got {recipe_args.schedule_steps}.")
+    if not (recipe_args.train_time_limit_s >= 0):
+        raise UsageError(f"--train_time_limit_s must be >= 0 (0: no limit), got {recipe_args.train_time_limit_s}.")
     if not (recipe_args.gradinit_eta_scale > 0):
         raise UsageError(f"--gradinit_eta_scale must be > 0, got {recipe_args.gradinit_eta_scale}.")
     if init_args.gradinit_eta is None and recipe_args.gradinit_eta_scale != 1.0:
@@ -492,7 +505,7 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
     from reporting import machine_description
     from script_support import finish_run, initializer_figures, prepare_run
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, MarianMTModel, set_seed
-    from translation_trainer import FirstStepReporter, TranslationTrainer, diagnostic_batch
+    from translation_trainer import FirstStepReporter, TimeLimit, TranslationTrainer, diagnostic_batch
 
     from hf_gradinit import trainer_init_kwargs
     from hf_gradinit.methods.schemes import fairseq_init, xavier_init
@@ -584,6 +597,10 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
         )
         reporter.base(model)
         init_kwargs["callbacks"].append(reporter)  # after the initialiser's callback
+    time_limit = None
+    if recipe_args.train_time_limit_s > 0:
+        time_limit = TimeLimit(started + recipe_args.train_time_limit_s)
+        init_kwargs["callbacks"].append(time_limit)
     # attach_trainer: GradInit then uses this Trainer's loss and logs through it (report_to).
     trainer = attach_trainer(
         TranslationTrainer(
@@ -612,6 +629,8 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         results.update(metrics)
+        results["global_step"] = trainer.state.global_step
+        results["time_limited"] = bool(time_limit and time_limit.stopped_at is not None)
         results.update(initializer_timing(trainer, train_result.metrics["train_runtime"]))
         results.update(initializer_figures(trainer))
         trainer.save_model()

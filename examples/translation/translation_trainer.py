@@ -5,6 +5,7 @@ horizon is its own, and the first-step diagnostic as a callback. Imported when a
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,27 @@ class TranslationTrainer(Seq2SeqTrainer):
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         return super().create_scheduler(self.schedule_steps or num_training_steps, optimizer)
+
+
+class TimeLimit(TrainerCallback):
+    """Ends training at the first step that finishes after ``deadline`` (a ``time.time()``
+    value): the Trainer then returns from ``train()`` as after its last step, so evaluation,
+    prediction and the saved records follow as usual. ``stopped_at`` is the step it stopped at,
+    ``None`` if the run ended by itself. One step always runs, so a deadline already passed
+    (e.g. during a long initialiser) still leaves a trained-for-one-step model to evaluate."""
+
+    def __init__(self, deadline: float, clock: Any = time.time):
+        self.deadline = deadline
+        self.clock = clock
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stopped_at is None and self.clock() >= self.deadline and state.global_step < state.max_steps:
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+            logger.info("--train_time_limit_s reached: training stops at step %d of %d",
+                        state.global_step, state.max_steps)  # fmt: skip
+        return control
 
 
 class FirstStepReporter(TrainerCallback):

@@ -1,0 +1,398 @@
+#!/usr/bin/env python
+"""Everything the translation and CIFAR examples still ask of a GPU, in one command, side by side
+on the one device, inside a fixed time budget.
+
+A lent GPU comes for minutes, not hours, so this script turns a budget into as many of the
+wanted runs as fit, in priority order, and leaves the rest for the next time:
+
+* **translation** (``no_warmup.py``): the ``transformer_iwslt_de_en`` shape in the paper's regime
+  (``--recipe paper``: fairseq's init, no clipping, 4,096-token batches, 100k-update schedule
+  horizon, GradInit with the paper's settings) at the paper's Adam lr 5e-4: GradInit, the
+  default, fairseq's inverse-sqrt warmup (4,000 updates) and T-Fixup first, then LSUV and lr
+  1e-3. Each run trains until the budget's deadline (``--train_time_limit_s``), then decodes
+  BLEU, so every run ends inside the budget; the steps reached are in the records.
+* **CIFAR-10** (``sweep_cifar.py``): the paper's five columns at full size (VGG-19 with and
+  without BN, ResNet-110 with and without BN, ResNet-1202 with BN), first epoch, every init of
+  the paper's table (Kaiming, +1 epoch warmup, +1 epoch constant lr, MetaInit, GradInit), seed 0
+  of every column before seed 1, then Fixup (no-BN ResNet) and LSUV. The lr is held at 0.1 (a
+  200-epoch cosine schedule's first epoch), so ``constant_with_warmup`` is the schedule: the
+  warmup variant ramps linearly over its epoch, the others run at 0.1.
+
+A run is started only if its rough duration (``EST_S``, from the H100 session's times) fits
+before the deadline; at the deadline whatever still runs is stopped and counts as not done.
+Records go to the examples' own result folders (``results.jsonl``, the sweep scripts' format),
+so starting the same command again, in a later session, skips every run already recorded and
+goes on with the next ones. At the end both sweeps' tables and plots are rewritten
+(``--report_only``), ``session.json`` lists every job (done, failed, stopped, not started) with
+its times, and ``--bundle`` packs the result folders (records, reports, per-run JSON/PNG/text
+files and logs; no weights) into one ``.tar.gz``.
+
+TF32 matrix products are on for every run (``--tf32 true``): a deviation from the paper's fp32,
+taken for throughput in a budget of minutes; it is in every run's command.
+
+Preparing a lent H200 (bare: no ``datasets``, older ``transformers``) from this machine::
+
+    python examples/gpu_session.py --stage .devdata     # data + wheels into an ignored folder
+    # device run, carry [".devdata"]:
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .devdata/whl/*.whl \\
+        && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 examples/gpu_session.py \\
+           --data_root .devdata --budget_s 360 --workers 12 --bundle $OUT/gpu_session.tar.gz
+
+The plumbing on a CPU, in about a minute (tiny models, built-in data, results under ``--out``)::
+
+    python examples/gpu_session.py --smoke --out runs/gpu_smoke --budget_s 120 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+TRANSLATION_OUT = HERE / "translation" / "results" / "gpu_paper_iwslt_shape"
+CIFAR_OUT = HERE / "cnn" / "results" / "gpu_paper_first_epoch"
+
+# The paper's Table 1 columns, and its rows as sweep_cifar.py variants.
+CIFAR_COLUMNS = ("vgg19_bn", "resnet110_nobn", "vgg19_nobn", "resnet110_bn", "resnet1202_bn")
+PAPER_INITS = ("default", "default+warmup", "default+constlr", "gradinit", "metainit")
+# Rough seconds of one first-epoch run on a shared GPU (model's epoch plus the initialiser's
+# extra), from the H100 session (22-46 s default, 52-106 s GradInit, four runs side by side);
+# only used to leave out runs that could not finish before the deadline.
+EPOCH_S = {"vgg19": 40.0, "resnet110": 60.0, "resnet1202": 600.0, "resnet20": 5.0}
+INIT_EXTRA_EPOCHS = {"gradinit": 1.6, "metainit": 3.0, "lsuv": 0.2}
+
+# Seconds a translation run keeps after its training deadline: evaluation and prediction
+# (beam 5, 2,000 sentences; a collapsed model decodes to the length limit) and saving.
+TRANSLATION_RESERVE_S = 100.0
+FINAL_RESERVE_S = 20.0  # reports and the bundle, after the last run
+
+
+@dataclass
+class Job:
+    """One run, as a command; ``after`` names a job that must have succeeded first."""
+
+    name: str
+    argv: list[str]
+    est_s: float
+    after: str | None = None
+    # Seconds kept after training for evaluation: the job gets --train_time_limit_s = the time
+    # left to the deadline less these (None: no time limit).
+    reserve_s: float | None = None
+    status: str = "pending"  # pending, running, ok, failed, stopped, not started
+    returncode: int | None = None
+    started_s: float | None = None
+    ended_s: float | None = None
+    note: str = ""
+    proc: Any = field(default=None, repr=False)
+    log: Any = field(default=None, repr=False)
+
+
+def cifar_est(model: str, variant: str) -> float:
+    family = model.split("_")[0]
+    init = variant.split("+")[0]
+    return 15.0 + EPOCH_S.get(family, 60.0) * (1.0 + INIT_EXTRA_EPOCHS.get(init, 0.0))
+
+
+def translation_jobs(out: Path, data_root: Path | None, smoke: bool) -> list[Job]:
+    py = sys.executable
+    if smoke:
+        data = ["--recipe", "paper_small", "--builtin_train_size", "200", "--max_tokens", "300",
+                "--gradinit_max_tokens", "400", "--gradinit_iters", "3", "--config_overrides",
+                "d_model=32,encoder_layers=1,decoder_layers=1,encoder_ffn_dim=64,decoder_ffn_dim=64",
+                "--vocab_size", "300", "--max_steps", "10000", "--max_eval_samples", "8", "--max_predict_samples",
+                "8", "--generation_max_length", "16", "--generation_num_beams", "1"]  # fmt: skip
+        plan = [("fairseq/gradinit", "1e-3", False), ("fairseq/default+warmup", "1e-3", True)]
+    else:
+        data = ["--recipe", "paper", "--data_dir", str(data_root / "multi30k" / "raw"), "--validation_split", "val",
+                "--test_split", "test_2016_flickr", "--max_steps", "100000", "--per_device_eval_batch_size", "250",
+                "--generation_max_length", "80", "--tf32", "true", "--save_strategy", "no"]  # fmt: skip
+        plan = [("fairseq/gradinit", "5e-4", False), ("fairseq/default", "5e-4", False),
+                ("fairseq/default+warmup", "5e-4", True), ("fairseq/tfixup", "5e-4", False),
+                ("fairseq/lsuv", "5e-4", False), ("fairseq/gradinit", "1e-3", False),
+                ("fairseq/default", "1e-3", False)]  # fmt: skip
+    reserve = 15.0 if smoke else TRANSLATION_RESERVE_S
+    jobs = []
+    for variant, lr, warmup in plan:
+        argv = [py, str(HERE / "translation" / "no_warmup.py"), "--out", str(out), "--jobs", "1",
+                "--variants", variant, "--adam_lrs", lr, "--seeds", "0", "--logging_steps", "25"]  # fmt: skip
+        if warmup:
+            argv += ["--warmup", "20" if smoke else "4000", "--warmup_scheduler", "inverse_sqrt"]
+        argv += ["--", *data, "--first_step_report", "true", "--save_init_scales", "true"]
+        # To start, a run needs its reserve, the initialiser (GradInit's 780 iterations: minutes
+        # on a shared GPU) and some training.
+        init_s = (5.0 if smoke else 200.0) if "gradinit" in variant else 0.0
+        est = reserve + init_s + (5.0 if smoke else 60.0)
+        jobs.append(Job(f"translation {variant} lr {lr}", argv, est_s=est, reserve_s=reserve))
+    return jobs
+
+
+def cifar_plan(smoke: bool) -> list[tuple[str, str, int]]:
+    """(model, variant, seed) in the order they are wanted."""
+    if smoke:
+        return [("resnet20_bn", "default", 0), ("resnet20_nobn", "gradinit", 0), ("resnet20_nobn", "fixup", 0)]
+    main_columns = CIFAR_COLUMNS[:4]
+    plan = [(m, v, s) for s in (0, 1) for m in main_columns for v in PAPER_INITS]
+    plan += [("resnet1202_bn", v, 0) for v in ("default", "gradinit")]
+    plan += [("resnet110_nobn", "fixup", s) for s in (0, 1)]
+    plan += [(m, "lsuv", s) for s in (0, 1) for m in main_columns]
+    plan += [("resnet1202_bn", v, 0) for v in PAPER_INITS if v not in ("default", "gradinit")]
+    plan += [("resnet1202_bn", v, 1) for v in PAPER_INITS]
+    return plan
+
+
+def cifar_jobs(out: Path, data_root: Path | None, smoke: bool) -> list[Job]:
+    py = sys.executable
+    if smoke:
+        data = ["--width_mult", "0.25", "--builtin_train_size", "256", "--builtin_test_size", "128",
+                "--per_device_train_batch_size", "64", "--gradinit_iters", "2"]  # fmt: skip
+        cache = []
+    else:
+        archive = str(data_root / "cifar10" / "cifar10-jpeg.tar.xz")
+        data = ["--data_dir", archive, "--cutout", "16", "--per_device_eval_batch_size", "1000", "--tf32", "true"]
+        # Decoding 60,000 JPEGs once, before the runs that read the decoded cache.
+        decode = (f"import sys; sys.path.insert(0, {str(HERE / 'cnn')!r}); "
+                  f"from cifar_data import load_cifar; load_cifar({archive!r})")  # fmt: skip
+        cache = [Job("decode CIFAR-10 once", [py, "-c", decode], est_s=120.0)]
+    recipe = ["--num_train_epochs", "1", "--lr_scheduler_type", "constant_with_warmup", *data]
+    jobs = []
+    for model, variant, seed in cifar_plan(smoke):
+        argv = [py, str(HERE / "cnn" / "sweep_cifar.py"), "--out", str(out), "--jobs", "1", "--plot_epochs", "1",
+                "--models", model, "--variants", variant, "--seeds", str(seed), "--", *recipe]  # fmt: skip
+        jobs.append(Job(f"cifar {model} {variant} seed {seed}", argv, est_s=cifar_est(model, variant),
+                        after=cache[0].name if cache else None))  # fmt: skip
+    return cache + jobs
+
+
+def run_jobs(jobs: list[Job], *, workers: int, deadline: float, log_dir: Path, record: Any = None,
+             poll_s: float = 0.5, clock: Any = time.monotonic) -> list[Job]:  # fmt: skip
+    """Run ``jobs`` in their order, ``workers`` at a time, each in its own process group. A job is
+    started only when its ``after`` job has succeeded and ``est_s`` fits before ``deadline`` (a
+    ``clock()`` value); at the deadline, running jobs are stopped (SIGTERM, then SIGKILL).
+    ``record(jobs)`` is called after every change, so a killed session still leaves its state."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    start = clock()
+    by_name = {j.name: j for j in jobs}
+
+    def changed() -> None:
+        if record is not None:
+            record(jobs)
+
+    def stop(job: Job, why: str) -> None:
+        try:
+            os.killpg(job.proc.pid, signal.SIGTERM)
+            job.proc.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(job.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            job.proc.wait()
+        job.status, job.returncode, job.ended_s, job.note = "stopped", job.proc.returncode, clock() - start, why
+
+    try:
+        return _loop(jobs, workers, deadline, log_dir, changed, stop, by_name, start, poll_s, clock)
+    finally:  # an error or Ctrl-C here must not leave runs going on in their own sessions
+        for job in jobs:
+            if job.status == "running":
+                stop(job, "stopped: the session itself stopped")
+                job.log.close()
+        changed()
+
+
+def _loop(jobs, workers, deadline, log_dir, changed, stop, by_name, start, poll_s, clock) -> list[Job]:
+    while True:
+        now = clock()
+        running = [j for j in jobs if j.status == "running"]
+        for job in running:
+            code = job.proc.poll()
+            if code is not None:
+                job.status, job.returncode, job.ended_s = ("ok" if code == 0 else "failed"), code, now - start
+                job.log.close()
+                changed()
+            elif now >= deadline:
+                stop(job, "stopped at the deadline")
+                job.log.close()
+                changed()
+        running = [j for j in jobs if j.status == "running"]
+        for job in jobs:
+            if job.status != "pending":
+                continue
+            dep = by_name.get(job.after) if job.after else None
+            if dep is not None and dep.status in ("failed", "stopped", "not started"):
+                job.status, job.note = "not started", f"{dep.name!r} did not succeed"
+                changed()
+            elif now + job.est_s > deadline:
+                job.status, job.note = "not started", f"about {job.est_s:.0f} s would not fit before the deadline"
+                changed()
+            elif len(running) < workers and (dep is None or dep.status == "ok"):
+                argv = list(job.argv)
+                if job.reserve_s is not None:  # counted from the run's own start
+                    argv.append(f"--train_time_limit_s={max(1.0, deadline - now - job.reserve_s):.0f}")
+                job.argv = argv
+                job.log = open(log_dir / (job.name.replace(" ", "_").replace("/", "-") + ".log"), "w")
+                job.proc = subprocess.Popen(argv, stdout=job.log, stderr=subprocess.STDOUT, start_new_session=True)
+                job.status, job.started_s = "running", now - start
+                running.append(job)
+                changed()
+        if not any(j.status in ("pending", "running") for j in jobs):
+            return jobs
+        time.sleep(poll_s)
+
+
+def write_state(path: Path, jobs: list[Job], info: dict[str, Any]) -> None:
+    # Not asdict: it would deep-copy the running processes.
+    rows = [{f.name: getattr(j, f.name) for f in fields(j) if f.name not in ("proc", "log")} for j in jobs]
+    path.write_text(json.dumps({**info, "jobs": rows}, indent=1) + "\n")
+
+
+def machine() -> str:
+    sys.path.insert(0, str(HERE / "common"))
+    from reporting import machine_description
+
+    return machine_description()
+
+
+def report(translation_out: Path, cifar_out: Path) -> None:
+    """Both sweeps' tables and plots, from every record in their files."""
+    py = sys.executable
+    if (translation_out / "results.jsonl").exists():
+        subprocess.run([py, str(HERE / "translation" / "no_warmup.py"), "--out", str(translation_out), "--report_only"],
+                       check=False, stdout=subprocess.DEVNULL)  # fmt: skip
+    if (cifar_out / "results.jsonl").exists():
+        subprocess.run([py, str(HERE / "cnn" / "sweep_cifar.py"), "--out", str(cifar_out), "--report_only",
+                        "--plot_epochs", "1"], check=False, stdout=subprocess.DEVNULL)  # fmt: skip
+
+
+BUNDLED = (".json", ".jsonl", ".md", ".png", ".txt", ".log")
+
+
+def bundle(path: Path, folders: list[Path]) -> int:
+    """Pack ``folders`` without model weights or checkpoints: the files a result needs (records,
+    reports, per-run JSON, plots, predictions, logs), named by their path in the repository (so
+    ``tar xzf`` in the repository's root puts them in place), or below ``path``'s folder."""
+    root = REPO.resolve()
+    count = 0
+    with tarfile.open(path, "w:gz") as tar:
+        for folder in folders:
+            for file in sorted(folder.resolve().rglob("*")):
+                if not file.is_file() or file.suffix not in BUNDLED or file.resolve() == path.resolve():
+                    continue
+                if any(part.startswith("checkpoint-") for part in file.parts):
+                    continue
+                base = root if file.is_relative_to(root) else path.resolve().parent
+                tar.add(file, arcname=str(file.relative_to(base)))
+                count += 1
+    return count
+
+
+WHEELS = ("datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "fsspec==2026.9.0", "transformers==5.24.0")
+
+
+def stage(folder: Path) -> None:
+    """Copy the data and download the wheels a bare H200 lacks into ``folder`` (ignored by git)."""
+    data = Path(os.environ.get("HF_GRADINIT_DATA", REPO.parent / "shared" / "data"))
+    (folder / "multi30k").mkdir(parents=True, exist_ok=True)
+    (folder / "cifar10").mkdir(parents=True, exist_ok=True)
+    (folder / "multi30k" / "raw").mkdir(exist_ok=True)
+    for split in ("train", "val", "test_2016_flickr"):
+        for lang in ("de", "en"):
+            shutil.copy2(data / "multi30k" / "raw" / f"{split}.{lang}", folder / "multi30k" / "raw")
+    shutil.copy2(data / "cifar10" / "cifar10-jpeg.tar.xz", folder / "cifar10")
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                    "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux2014_x86_64",
+                    "-d", str(folder / "whl"), *WHEELS], check=True)  # fmt: skip
+    print(f"staged {folder}: " + ", ".join(sorted(p.name for p in folder.rglob("*") if p.is_file()))[:2000])
+
+
+def preflight() -> str:
+    """The versions the runs will use, or a ``SystemExit`` naming what is missing, in seconds
+    rather than after a failed first run (a lent machine starts bare)."""
+    import importlib
+
+    found, missing = [], []
+    for name in ("torch", "transformers", "datasets", "pyarrow", "accelerate", "sacrebleu", "tokenizers"):
+        try:
+            found.append(f"{name} {importlib.import_module(name).__version__}")
+        except Exception as err:  # an old pyarrow fails datasets' import with an error of its own
+            missing.append(f"{name} ({type(err).__name__}: {err})")
+    if missing:
+        raise SystemExit("gpu_session.py: cannot run: " + "; ".join(missing) + ". Carry wheels (--stage) or install.")
+    import torch
+
+    found.append(f"cuda {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no cuda device")
+    return ", ".join(found)
+
+
+def main(argv: list[str] | None = None) -> list[Job]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget_s", type=float, default=360.0, help="seconds from start to the end of the last run")
+    parser.add_argument("--workers", type=int, default=12, help="runs at once on the one GPU")
+    parser.add_argument("--data_root", type=Path, default=None, help="folder with multi30k/raw and cifar10/")
+    parser.add_argument("--only", choices=("translation", "cifar"), default=None, help="one of the two plans")
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU runs on built-in data (plumbing check)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "gpu_session",
+                        help="session.json and the job logs (with --smoke: the results too)")  # fmt: skip
+    parser.add_argument("--bundle", type=Path, default=None, help="write the results as this .tar.gz")
+    parser.add_argument("--stage", type=Path, default=None, metavar="FOLDER",
+                        help="only copy data and wheels for a device into FOLDER")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.stage is not None:
+        stage(args.stage)
+        return []
+    if args.smoke:
+        translation_out, cifar_out = args.out / "translation", args.out / "cifar"
+    else:
+        if args.data_root is None or not (args.data_root / "multi30k" / "raw").is_dir():
+            parser.error("--data_root must name a folder with multi30k/raw/ and cifar10/cifar10-jpeg.tar.xz "
+                         "(python examples/gpu_session.py --stage FOLDER makes one from ../shared/data).")  # fmt: skip
+        translation_out, cifar_out = TRANSLATION_OUT, CIFAR_OUT
+    if not args.budget_s > FINAL_RESERVE_S or args.workers < 1:
+        parser.error(f"--budget_s must exceed {FINAL_RESERVE_S:.0f} and --workers be >= 1.")
+    print(preflight(), flush=True)
+    jobs = []
+    if args.only in (None, "translation"):
+        jobs += translation_jobs(translation_out, args.data_root, args.smoke)
+    if args.only in (None, "cifar"):
+        jobs += cifar_jobs(cifar_out, args.data_root, args.smoke)
+    state_dir = args.out / "session"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    info = {"command": " ".join(sys.argv), "machine": machine(), "budget_s": args.budget_s, "workers": args.workers,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))}  # fmt: skip
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # many runs share the CPU cores
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # a lent machine reaches no hub
+        os.environ.setdefault(name, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    deadline = time.monotonic() + args.budget_s - FINAL_RESERVE_S
+    print(f"{len(jobs)} jobs, budget {args.budget_s:.0f} s, {args.workers} at once; logs in {state_dir}", flush=True)
+    run_jobs(jobs, workers=args.workers, deadline=deadline, log_dir=state_dir,
+             record=lambda js: write_state(state_dir / "session.json", js, info))  # fmt: skip
+    report(translation_out, cifar_out)
+    info["wall_time_s"] = time.time() - started
+    write_state(state_dir / "session.json", jobs, info)
+    for status in ("ok", "failed", "stopped", "not started"):
+        names = [j.name for j in jobs if j.status == status]
+        print(
+            f"{status}: {len(names)}"
+            + (f" ({'; '.join(names[:6])}{'; ...' if len(names) > 6 else ''})" if names else "")
+        )
+    if args.bundle is not None:
+        n = bundle(args.bundle, [p for p in (translation_out, cifar_out, state_dir) if p.exists()])
+        print(f"bundle {args.bundle}: {n} files, {args.bundle.stat().st_size / 1e6:.1f} MB")
+    return jobs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""examples/gpu_session.py: what it plans for a lent GPU, and how it runs jobs inside a budget."""
+
+from __future__ import annotations
+
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples"))
+
+import gpu_session  # noqa: E402
+from gpu_session import Job, run_jobs  # noqa: E402
+
+from hf_gradinit import available_initializers  # noqa: E402
+
+
+def test_the_cifar_plan_is_the_papers_table_seed_0_first():
+    plan = gpu_session.cifar_plan(smoke=False)
+    assert len(plan) == len(set(plan))
+    columns = {m for m, _, _ in plan}
+    assert columns == set(gpu_session.CIFAR_COLUMNS)
+    for model in gpu_session.CIFAR_COLUMNS:  # every column, every row of the paper, two seeds
+        for variant in gpu_session.PAPER_INITS:
+            assert {(model, variant, 0), (model, variant, 1)} <= set(plan)
+    first_seed_1 = next(i for i, (_, _, s) in enumerate(plan) if s == 1)
+    main = set(gpu_session.CIFAR_COLUMNS[:4])
+    assert all(s == 0 for m, _, s in plan[:first_seed_1]) and len(plan[:first_seed_1]) == 4 * 5
+    assert all(m in main for m, _, _ in plan[:first_seed_1])
+    assert {m for m, v, _ in plan if v == "fixup"} == {"resnet110_nobn"}  # Fixup needs a no-BN ResNet
+    for _, variant, _ in plan:
+        assert variant.split("+")[0] in available_initializers()
+
+
+def test_the_translation_plan_is_the_papers_regime(tmp_path):
+    jobs = gpu_session.translation_jobs(tmp_path, tmp_path / "data", smoke=False)
+    first = [" ".join(j.argv) for j in jobs[:4]]
+    wanted = ["fairseq/gradinit", "fairseq/default", "fairseq/default+warmup", "fairseq/tfixup"]
+    for text, variant in zip(first, wanted, strict=True):
+        assert f"--variants {variant} --adam_lrs 5e-4" in text and "--recipe paper " in text
+        assert str(tmp_path / "data" / "multi30k" / "raw") in text
+    assert "--warmup 4000 --warmup_scheduler inverse_sqrt" in first[2]
+    assert all(j.reserve_s for j in jobs)  # every run trains to the deadline, then decodes
+
+
+def _job(name: str, code: str, est_s: float = 0.1, **kwargs) -> Job:
+    return Job(name, [sys.executable, "-c", code], est_s=est_s, **kwargs)
+
+
+def test_run_jobs_in_order_within_workers_and_budget(tmp_path):
+    states = []
+    jobs = [
+        _job("quick", "import time; time.sleep(0.3)"),
+        _job("fails", "raise SystemExit(3)"),
+        _job("after fails", "pass", after="fails"),
+        _job("too long", "pass", est_s=1e6),
+        _job("never ends", "import time; time.sleep(60)"),
+        _job("limited", "import sys; print(sys.argv[-1])", reserve_s=1.0),
+        _job("after quick", "pass", after="quick"),
+    ]
+    started = time.monotonic()
+    run_jobs(jobs, workers=2, deadline=started + 4.0, log_dir=tmp_path, record=lambda js: states.append(
+        sum(j.status == "running" for j in js)), poll_s=0.05)  # fmt: skip
+    assert time.monotonic() - started < 20
+    status = {j.name: j.status for j in jobs}
+    assert status == {
+        "quick": "ok", "fails": "failed", "after fails": "not started", "too long": "not started",
+        "never ends": "stopped", "limited": "ok", "after quick": "ok",
+    }  # fmt: skip
+    assert max(states) <= 2
+    assert jobs[1].returncode == 3 and "did not succeed" in jobs[2].note and "would not fit" in jobs[3].note
+    assert jobs[4].note == "stopped at the deadline" and jobs[4].ended_s >= 3.9
+    # The time-limited job was told the seconds left to the deadline less its reserve.
+    limit = float((tmp_path / "limited.log").read_text().strip().split("=")[1])
+    assert jobs[5].argv[-1].startswith("--train_time_limit_s=") and 0 < limit <= 3.0
+
+
+def test_an_error_in_the_loop_stops_the_running_jobs(tmp_path):
+    jobs = [_job("sleeper", "import time; time.sleep(60)")]
+
+    def broken(js):
+        if any(j.status == "running" for j in js):
+            raise RuntimeError("recording failed")
+
+    with pytest.raises(RuntimeError):
+        run_jobs(jobs, workers=1, deadline=time.monotonic() + 30, log_dir=tmp_path, record=broken, poll_s=0.05)
+    assert jobs[0].status == "stopped" and jobs[0].proc.poll() is not None
+
+
+def test_bundle_keeps_results_and_leaves_weights_out(tmp_path):
+    out = tmp_path / "results"
+    (out / "runs" / "a" / "checkpoint-10").mkdir(parents=True)
+    for name in ("results.jsonl", "results.md", "plot.png", "runs/a/all_results.json", "runs/a/model.safetensors",
+                 "runs/a/checkpoint-10/trainer_state.json"):  # fmt: skip
+        (out / name).write_text("x")
+    path = tmp_path / "b.tar.gz"
+    assert gpu_session.bundle(path, [out]) == 4
+    with tarfile.open(path) as tar:
+        assert sorted(tar.getnames()) == [
+            "results/plot.png", "results/results.jsonl", "results/results.md", "results/runs/a/all_results.json",
+        ]  # fmt: skip
+
+
+def test_a_missing_data_root_says_how_to_make_one(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gpu_session.main(["--data_root", str(tmp_path / "nothing"), "--out", str(tmp_path)])
+    assert "--stage FOLDER" in capsys.readouterr().err
