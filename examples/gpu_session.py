@@ -36,7 +36,9 @@ Preparing a lent H200 (bare: no ``datasets``, older ``transformers``) from this 
     # device run, carry [".devdata"]:
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .devdata/whl/*.whl \\
         && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 examples/gpu_session.py \\
-           --data_root .devdata --budget_s 360 --workers 12 --bundle $OUT/gpu_session.tar.gz
+           --data_root .devdata --budget_s 480 --workers 12 --bundle $OUT/gpu_session.tar.gz
+    # (device timeout_s 560: a session's 15 device minutes hold the machine's start, this call
+    # and a short rerun; at 480 s GradInit's 780 iterations still leave it minutes of training)
 
 The plumbing on a CPU, in about a minute (tiny models, built-in data, results under ``--out``)::
 
@@ -77,6 +79,7 @@ INIT_EXTRA_EPOCHS = {"gradinit": 1.6, "metainit": 3.0, "lsuv": 0.2}
 # (beam 5, 2,000 sentences; a collapsed model decodes to the length limit) and saving.
 TRANSLATION_RESERVE_S = 100.0
 FINAL_RESERVE_S = 20.0  # reports and the bundle, after the last run
+DEFAULT_BUDGET_S = 480.0
 
 
 @dataclass
@@ -337,7 +340,9 @@ def preflight() -> str:
 
 def main(argv: list[str] | None = None) -> list[Job]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget_s", type=float, default=360.0, help="seconds from start to the end of the last run")
+    parser.add_argument(
+        "--budget_s", type=float, default=DEFAULT_BUDGET_S, help="seconds from start to the end of the last run"
+    )
     parser.add_argument("--workers", type=int, default=12, help="runs at once on the one GPU")
     parser.add_argument("--data_root", type=Path, default=None, help="folder with multi30k/raw and cifar10/")
     parser.add_argument("--only", choices=("translation", "cifar"), default=None, help="one of the two plans")

@@ -44,6 +44,8 @@ def test_the_translation_plan_is_the_papers_regime(tmp_path):
         assert str(tmp_path / "data" / "multi30k" / "raw") in text
     assert "--warmup 4000 --warmup_scheduler inverse_sqrt" in first[2]
     assert all(j.reserve_s for j in jobs)  # every run trains to the deadline, then decodes
+    # With the default budget GradInit's run (780 iterations first) still starts.
+    assert jobs[0].est_s + gpu_session.FINAL_RESERVE_S <= gpu_session.DEFAULT_BUDGET_S
 
 
 def _job(name: str, code: str, est_s: float = 0.1, **kwargs) -> Job:
