@@ -10,22 +10,27 @@ wanted runs as fit, in priority order, and leaves the rest for the next time:
   horizon, GradInit with the paper's settings) at the paper's Adam lr 5e-4: GradInit, the
   default, fairseq's inverse-sqrt warmup (4,000 updates) and T-Fixup first, then LSUV and lr
   1e-3. Each run trains until the budget's deadline (``--train_time_limit_s``), then decodes
-  BLEU, so every run ends inside the budget; the steps reached are in the records.
+  BLEU on the test split (no validation pass: nothing is tuned here, and it would halve the
+  decoding reserve), so every run ends inside the budget; the steps reached are in the records.
 * **CIFAR-10** (``sweep_cifar.py``): the paper's five columns at full size (VGG-19 with and
   without BN, ResNet-110 with and without BN, ResNet-1202 with BN), first epoch, every init of
   the paper's table (Kaiming, +1 epoch warmup, +1 epoch constant lr, MetaInit, GradInit), seed 0
   of every column before seed 1, then Fixup (no-BN ResNet) and LSUV. The lr is held at 0.1 (a
   200-epoch cosine schedule's first epoch), so ``constant_with_warmup`` is the schedule: the
-  warmup variant ramps linearly over its epoch, the others run at 0.1.
+  warmup variant ramps linearly from 0 to 0.1 over its epoch, the constant-lr variant spends its
+  epoch at ``--const_lr`` 0.01, the others run at 0.1. ResNet-1202 is last: its rough epoch time
+  (``EPOCH_S``, a guess) does not fit the default budget, so its runs wait for a longer one.
 
-A run is started only if its rough duration (``EST_S``, from the H100 session's times) fits
-before the deadline; at the deadline whatever still runs is stopped and counts as not done.
+A run is started only if its rough duration (``cifar_est``, from the H100 session's times) fits
+before the deadline; at the deadline whatever still runs is stopped and counts as not done. A
+job is "ok" only if its sweep recorded the run as a success.
 Records go to the examples' own result folders (``results.jsonl``, the sweep scripts' format),
 so starting the same command again, in a later session, skips every run already recorded and
 goes on with the next ones. At the end both sweeps' tables and plots are rewritten
 (``--report_only``), ``session.json`` lists every job (done, failed, stopped, not started) with
 its times, and ``--bundle`` packs the result folders (records, reports, per-run JSON/PNG/text
-files and logs; no weights) into one ``.tar.gz``.
+files and logs; no weights) into one ``.tar.gz``, once straight after the runs and again after
+the reports (the records are what counts; the tables can be rebuilt with ``--report_only``).
 
 TF32 matrix products are on for every run (``--tf32 true``): a deviation from the paper's fp32,
 taken for throughput in a budget of minutes; it is in every run's command.
@@ -34,20 +39,22 @@ Preparing a lent H200 (bare: no ``datasets``, older ``transformers``) from this 
 
     python examples/gpu_session.py --stage .devdata     # data + wheels into an ignored folder
     # device run, carry [".devdata"]:
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .devdata/whl/*.whl \\
-        && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 examples/gpu_session.py \\
-           --data_root .devdata --budget_s 480 --workers 12 --bundle $OUT/gpu_session.tar.gz
+    END=$(( $(date +%s) + 530 )); python3 -m pip install -q --no-index --no-deps --no-compile \\
+        --target /tmp/site .devdata/whl/*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 \\
+        examples/gpu_session.py --data_root .devdata --end_by $END --workers 12 \\
+        --bundle $OUT/gpu_session.tar.gz 2>&1 | tee $OUT/session.log
     # (device timeout_s 560: a session's 15 device minutes hold the machine's start, this call
     # and a short rerun; at 480 s GradInit's 780 iterations still leave it minutes of training)
 
-The plumbing on a CPU, in about a minute (tiny models, built-in data, results under ``--out``)::
+The plumbing on a CPU, in two minutes (tiny models, built-in data, results under ``--out``)::
 
-    python examples/gpu_session.py --smoke --out runs/gpu_smoke --budget_s 120 --workers 2
+    python examples/gpu_session.py --smoke --out runs/gpu_smoke --budget_s 150 --workers 4
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -78,7 +85,10 @@ INIT_EXTRA_EPOCHS = {"gradinit": 1.6, "metainit": 3.0, "lsuv": 0.2}
 # Seconds a translation run keeps after its training deadline: evaluation and prediction
 # (beam 5, 2,000 sentences; a collapsed model decodes to the length limit) and saving.
 TRANSLATION_RESERVE_S = 100.0
-FINAL_RESERVE_S = 20.0  # reports and the bundle, after the last run
+FINAL_RESERVE_S = 30.0  # stopping runs, the bundle, the reports and the bundle again
+STARTUP_S = 30.0  # a run's interpreter and imports, before its own clock starts (many start at once)
+# A process group of its own; Python < 3.11 has no process_group, and a new session is the way.
+NEW_GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"start_new_session": True}
 DEFAULT_BUDGET_S = 480.0
 
 
@@ -93,6 +103,8 @@ class Job:
     # Seconds kept after training for evaluation: the job gets --train_time_limit_s = the time
     # left to the deadline less these (None: no time limit).
     reserve_s: float | None = None
+    records: Path | None = None  # the sweep's results.jsonl, and the run's key in it
+    key: str | None = None
     status: str = "pending"  # pending, running, ok, failed, stopped, not started
     returncode: int | None = None
     started_s: float | None = None
@@ -120,7 +132,9 @@ def translation_jobs(out: Path, data_root: Path | None, smoke: bool) -> list[Job
     else:
         data = ["--recipe", "paper", "--data_dir", str(data_root / "multi30k" / "raw"), "--validation_split", "val",
                 "--test_split", "test_2016_flickr", "--max_steps", "100000", "--per_device_eval_batch_size", "250",
-                "--generation_max_length", "80", "--tf32", "true", "--save_strategy", "no"]  # fmt: skip
+                "--generation_max_length", "80", "--tf32", "true", "--save_strategy", "no",
+                # BLEU on the test split only: the validation pass would take half the reserve
+                "--do_eval", "false"]  # fmt: skip
         plan = [("fairseq/gradinit", "5e-4", False), ("fairseq/default", "5e-4", False),
                 ("fairseq/default+warmup", "5e-4", True), ("fairseq/tfixup", "5e-4", False),
                 ("fairseq/lsuv", "5e-4", False), ("fairseq/gradinit", "1e-3", False),
@@ -137,7 +151,9 @@ def translation_jobs(out: Path, data_root: Path | None, smoke: bool) -> list[Job
         # on a shared GPU) and some training.
         init_s = (5.0 if smoke else 200.0) if "gradinit" in variant else 0.0
         est = reserve + init_s + (5.0 if smoke else 60.0)
-        jobs.append(Job(f"translation {variant} lr {lr}", argv, est_s=est, reserve_s=reserve))
+        key = f"{variant.replace('/', '-')}_adam_lr{float(lr):g}_s0"  # no_warmup.py's run key
+        jobs.append(Job(f"translation {variant} lr {lr}", argv, est_s=est, reserve_s=reserve,
+                        records=out / "results.jsonl", key=key))  # fmt: skip
     return jobs
 
 
@@ -174,6 +190,7 @@ def cifar_jobs(out: Path, data_root: Path | None, smoke: bool) -> list[Job]:
         argv = [py, str(HERE / "cnn" / "sweep_cifar.py"), "--out", str(out), "--jobs", "1", "--plot_epochs", "1",
                 "--models", model, "--variants", variant, "--seeds", str(seed), "--", *recipe]  # fmt: skip
         jobs.append(Job(f"cifar {model} {variant} seed {seed}", argv, est_s=cifar_est(model, variant),
+                        records=out / "results.jsonl", key=f"{model}_{variant}_s{seed}",
                         after=cache[0].name if cache else None))  # fmt: skip
     return cache + jobs
 
@@ -182,8 +199,14 @@ def run_jobs(jobs: list[Job], *, workers: int, deadline: float, log_dir: Path, r
              poll_s: float = 0.5, clock: Any = time.monotonic) -> list[Job]:  # fmt: skip
     """Run ``jobs`` in their order, ``workers`` at a time, each in its own process group. A job is
     started only when its ``after`` job has succeeded and ``est_s`` fits before ``deadline`` (a
-    ``clock()`` value); at the deadline, running jobs are stopped (SIGTERM, then SIGKILL).
-    ``record(jobs)`` is called after every change, so a killed session still leaves its state."""
+    ``clock()`` value); at the deadline, running jobs are stopped (SIGTERM, then SIGKILL). A job
+    with ``records``/``key`` is "ok" only if its sweep recorded that run as a success (the sweep
+    scripts exit 0 after recording a failed run). ``record(jobs)`` is called after every change,
+    so a killed session still leaves its state."""
+    names = {j.name for j in jobs}
+    unknown = sorted({j.after for j in jobs if j.after and j.after not in names})
+    if unknown:
+        raise ValueError(f"'after' names no job: {unknown}")
     log_dir.mkdir(parents=True, exist_ok=True)
     start = clock()
     by_name = {j.name: j for j in jobs}
@@ -192,72 +215,102 @@ def run_jobs(jobs: list[Job], *, workers: int, deadline: float, log_dir: Path, r
         if record is not None:
             record(jobs)
 
-    def stop(job: Job, why: str) -> None:
-        try:
-            os.killpg(job.proc.pid, signal.SIGTERM)
-            job.proc.wait(timeout=10)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
+    def stop(stopping: list[Job], why: str) -> None:
+        # Every group is asked first, then all are waited for together: one slow run must not
+        # cost the others' share of the time left.
+        for job in stopping:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.proc.pid, signal.SIGTERM)
+        wait_until = time.monotonic() + 10
+        for job in stopping:
             try:
-                os.killpg(job.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            job.proc.wait()
-        job.status, job.returncode, job.ended_s, job.note = "stopped", job.proc.returncode, clock() - start, why
+                job.proc.wait(timeout=max(0.0, wait_until - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.proc.pid, signal.SIGKILL)
+                job.proc.wait()
+            job.log.close()
+            job.status, job.returncode, job.ended_s, job.note = "stopped", job.proc.returncode, clock() - start, why
+        if stopping:
+            changed()
 
-    try:
-        return _loop(jobs, workers, deadline, log_dir, changed, stop, by_name, start, poll_s, clock)
-    finally:  # an error or Ctrl-C here must not leave runs going on in their own sessions
-        for job in jobs:
-            if job.status == "running":
-                stop(job, "stopped: the session itself stopped")
-                job.log.close()
+    def finished(job: Job, code: int) -> None:
+        job.log.close()
+        job.status, job.returncode, job.ended_s = ("ok" if code == 0 else "failed"), code, clock() - start
+        if code == 0 and job.records is not None:
+            mine = [r for r in read_records(job.records) if r.get("key") == job.key]
+            if not mine:
+                job.status, job.note = "failed", f"no record of {job.key} in {job.records}"
+            elif mine[-1].get("returncode") != 0:
+                job.status = "failed"
+                job.note = (
+                    f"the run failed (return code {mine[-1].get('returncode')}); see its log in the sweep's logs/"
+                )
         changed()
 
+    def launch(job: Job, now: float) -> None:
+        if job.reserve_s is not None:
+            # The run counts its limit from its own start, which comes after the interpreter and
+            # its imports: STARTUP_S of that is taken off as well.
+            limit = max(1.0, deadline - now - job.reserve_s - STARTUP_S)
+            job.argv = [*job.argv, f"--train_time_limit_s={limit:.0f}"]
+        job.log = open(log_dir / (job.name.replace(" ", "_").replace("/", "-") + ".log"), "w")
+        try:
+            # Its own process group (so a stop reaches its children), but the caller's session,
+            # so whatever ends this session's processes also ends the runs.
+            job.proc = subprocess.Popen(job.argv, stdout=job.log, stderr=subprocess.STDOUT, **NEW_GROUP)
+        except OSError as err:
+            job.log.close()
+            job.status, job.note = "failed", f"could not start: {err}"
+        else:
+            job.status, job.started_s = "running", now - start
+        changed()
 
-def _loop(jobs, workers, deadline, log_dir, changed, stop, by_name, start, poll_s, clock) -> list[Job]:
-    while True:
-        now = clock()
-        running = [j for j in jobs if j.status == "running"]
-        for job in running:
-            code = job.proc.poll()
-            if code is not None:
-                job.status, job.returncode, job.ended_s = ("ok" if code == 0 else "failed"), code, now - start
-                job.log.close()
-                changed()
-            elif now >= deadline:
-                stop(job, "stopped at the deadline")
-                job.log.close()
-                changed()
-        running = [j for j in jobs if j.status == "running"]
-        for job in jobs:
-            if job.status != "pending":
-                continue
-            dep = by_name.get(job.after) if job.after else None
-            if dep is not None and dep.status in ("failed", "stopped", "not started"):
-                job.status, job.note = "not started", f"{dep.name!r} did not succeed"
-                changed()
-            elif now + job.est_s > deadline:
-                job.status, job.note = "not started", f"about {job.est_s:.0f} s would not fit before the deadline"
-                changed()
-            elif len(running) < workers and (dep is None or dep.status == "ok"):
-                argv = list(job.argv)
-                if job.reserve_s is not None:  # counted from the run's own start
-                    argv.append(f"--train_time_limit_s={max(1.0, deadline - now - job.reserve_s):.0f}")
-                job.argv = argv
-                job.log = open(log_dir / (job.name.replace(" ", "_").replace("/", "-") + ".log"), "w")
-                job.proc = subprocess.Popen(argv, stdout=job.log, stderr=subprocess.STDOUT, start_new_session=True)
-                job.status, job.started_s = "running", now - start
-                running.append(job)
-                changed()
-        if not any(j.status in ("pending", "running") for j in jobs):
-            return jobs
-        time.sleep(poll_s)
+    try:
+        while True:
+            now = clock()
+            for job in [j for j in jobs if j.status == "running"]:
+                code = job.proc.poll()
+                if code is not None:
+                    finished(job, code)
+            if now >= deadline:
+                stop([j for j in jobs if j.status == "running"], "stopped at the deadline")
+            running = sum(j.status == "running" for j in jobs)
+            for job in jobs:
+                if job.status != "pending":
+                    continue
+                dep = by_name.get(job.after) if job.after else None
+                if dep is not None and dep.status in ("failed", "stopped", "not started"):
+                    job.status, job.note = "not started", f"{dep.name!r} did not succeed"
+                    changed()
+                elif now + job.est_s > deadline:
+                    job.status, job.note = "not started", f"about {job.est_s:.0f} s would not fit before the deadline"
+                    changed()
+                elif running < workers and (dep is None or dep.status == "ok"):
+                    launch(job, now)
+                    running += job.status == "running"
+            if not any(j.status in ("pending", "running") for j in jobs):
+                return jobs
+            time.sleep(poll_s)
+    finally:  # an error, Ctrl-C or SIGTERM here must not leave runs going on
+        stop([j for j in jobs if j.status == "running"], "stopped: the session itself stopped")
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """A sweep's records; a last line still being written by another process is left out."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
 
 
 def write_state(path: Path, jobs: list[Job], info: dict[str, Any]) -> None:
     # Not asdict: it would deep-copy the running processes.
     rows = [{f.name: getattr(j, f.name) for f in fields(j) if f.name not in ("proc", "log")} for j in jobs]
-    path.write_text(json.dumps({**info, "jobs": rows}, indent=1) + "\n")
+    path.write_text(json.dumps({**info, "jobs": rows}, indent=1, default=str) + "\n")
 
 
 def machine() -> str:
@@ -267,37 +320,55 @@ def machine() -> str:
     return machine_description()
 
 
-def report(translation_out: Path, cifar_out: Path) -> None:
-    """Both sweeps' tables and plots, from every record in their files."""
+def report(translation_out: Path, cifar_out: Path, timeout_s: float | None = None) -> None:
+    """Both sweeps' tables and plots, from every record in their files (each within ``timeout_s``:
+    they can be rebuilt later with the sweeps' ``--report_only``; the records are what counts)."""
     py = sys.executable
+    commands = []
     if (translation_out / "results.jsonl").exists():
-        subprocess.run([py, str(HERE / "translation" / "no_warmup.py"), "--out", str(translation_out), "--report_only"],
-                       check=False, stdout=subprocess.DEVNULL)  # fmt: skip
+        commands.append(
+            [py, str(HERE / "translation" / "no_warmup.py"), "--out", str(translation_out), "--report_only"]
+        )
     if (cifar_out / "results.jsonl").exists():
-        subprocess.run([py, str(HERE / "cnn" / "sweep_cifar.py"), "--out", str(cifar_out), "--report_only",
-                        "--plot_epochs", "1"], check=False, stdout=subprocess.DEVNULL)  # fmt: skip
+        commands.append([py, str(HERE / "cnn" / "sweep_cifar.py"), "--out", str(cifar_out), "--report_only",
+                         "--plot_epochs", "1"])  # fmt: skip
+    for cmd in commands:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL, timeout=timeout_s)
 
 
 BUNDLED = (".json", ".jsonl", ".md", ".png", ".txt", ".log")
 
 
+MAX_BUNDLE_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
+
+
 def bundle(path: Path, folders: list[Path]) -> int:
     """Pack ``folders`` without model weights or checkpoints: the files a result needs (records,
     reports, per-run JSON, plots, predictions, logs), named by their path in the repository (so
-    ``tar xzf`` in the repository's root puts them in place), or below ``path``'s folder."""
-    root = REPO.resolve()
-    count = 0
-    with tarfile.open(path, "w:gz") as tar:
-        for folder in folders:
-            for file in sorted(folder.resolve().rglob("*")):
-                if not file.is_file() or file.suffix not in BUNDLED or file.resolve() == path.resolve():
-                    continue
-                if any(part.startswith("checkpoint-") for part in file.parts):
-                    continue
-                base = root if file.is_relative_to(root) else path.resolve().parent
-                tar.add(file, arcname=str(file.relative_to(base)))
-                count += 1
-    return count
+    ``tar xzf`` in the repository's root puts them in place), else by their path below
+    ``path``'s folder, else below their folder's parent. Over ``MAX_BUNDLE_BYTES``, it is written
+    again with the records, tables, plots and session files alone."""
+    root, here = REPO.resolve(), path.resolve().parent
+    files = []
+    for folder in folders:
+        folder = folder.resolve()
+        for file in sorted(folder.rglob("*")):
+            inside = file.relative_to(folder).parts
+            if not file.is_file() or file.suffix not in BUNDLED or file == path.resolve():
+                continue
+            if any(part.startswith("checkpoint-") for part in inside):
+                continue
+            base = next((b for b in (root, here) if file.is_relative_to(b)), folder.parent)
+            files.append((file, str(file.relative_to(base)), inside[0] != "runs" and file.suffix != ".log"))
+    for slim in (False, True):
+        with tarfile.open(path, "w:gz") as tar:
+            for file, name, essential in files:
+                if essential or not slim:
+                    tar.add(file, arcname=name)
+        if path.stat().st_size <= MAX_BUNDLE_BYTES:
+            break
+    return sum(1 for *_, essential in files if essential or not slim)
 
 
 WHEELS = ("datasets==5.2.0", "dill==0.4.1", "multiprocess==0.70.19", "fsspec==2026.9.0", "transformers==5.24.0")
@@ -334,8 +405,20 @@ def preflight() -> str:
         raise SystemExit("gpu_session.py: cannot run: " + "; ".join(missing) + ". Carry wheels (--stage) or install.")
     import torch
 
-    found.append(f"cuda {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no cuda device")
-    return ", ".join(found)
+    if not torch.cuda.is_available():
+        return ", ".join([*found, "no cuda device"])
+    # What every run does first: transformers' --tf32 switch, then fp32 matmul and convolution.
+    import tempfile
+
+    from transformers import TrainingArguments
+
+    with tempfile.TemporaryDirectory() as tmp:
+        TrainingArguments(output_dir=tmp, tf32=True, report_to="none")
+    x = torch.randn(256, 256, device="cuda")
+    conv = torch.nn.Conv2d(3, 8, 3).cuda()
+    (x @ x).sum().item()
+    conv(torch.randn(2, 3, 32, 32, device="cuda")).sum().item()
+    return ", ".join([*found, f"cuda {torch.cuda.get_device_name(0)} (tf32 matmul and conv ran)"])
 
 
 def main(argv: list[str] | None = None) -> list[Job]:
@@ -343,6 +426,9 @@ def main(argv: list[str] | None = None) -> list[Job]:
     parser.add_argument(
         "--budget_s", type=float, default=DEFAULT_BUDGET_S, help="seconds from start to the end of the last run"
     )
+    parser.add_argument("--end_by", type=float, default=None, metavar="UNIX_SECONDS",
+                        help="also end by this wall-clock time (e.g. $(( $(date +%%s) + 530 )), taken before "
+                        "installing wheels), whichever of it and --budget_s comes first")  # fmt: skip
     parser.add_argument("--workers", type=int, default=12, help="runs at once on the one GPU")
     parser.add_argument("--data_root", type=Path, default=None, help="folder with multi30k/raw and cifar10/")
     parser.add_argument("--only", choices=("translation", "cifar"), default=None, help="one of the two plans")
@@ -363,8 +449,12 @@ def main(argv: list[str] | None = None) -> list[Job]:
             parser.error("--data_root must name a folder with multi30k/raw/ and cifar10/cifar10-jpeg.tar.xz "
                          "(python examples/gpu_session.py --stage FOLDER makes one from ../shared/data).")  # fmt: skip
         translation_out, cifar_out = TRANSLATION_OUT, CIFAR_OUT
-    if not args.budget_s > FINAL_RESERVE_S or args.workers < 1:
-        parser.error(f"--budget_s must exceed {FINAL_RESERVE_S:.0f} and --workers be >= 1.")
+    budget = args.budget_s if args.end_by is None else min(args.budget_s, args.end_by - time.time())
+    if not budget > FINAL_RESERVE_S or args.workers < 1:
+        parser.error(f"the budget ({budget:.0f} s) must exceed {FINAL_RESERVE_S:.0f} s and --workers be >= 1.")
+    deadline = time.monotonic() + budget - FINAL_RESERVE_S
+    # The device tool ends a command with SIGTERM: exit through run_jobs' cleanup, not past it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(preflight(), flush=True)
     jobs = []
     if args.only in (None, "translation"):
@@ -374,19 +464,23 @@ def main(argv: list[str] | None = None) -> list[Job]:
     state_dir = args.out / "session"
     state_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    info = {"command": " ".join(sys.argv), "machine": machine(), "budget_s": args.budget_s, "workers": args.workers,
+    info = {"command": " ".join(sys.argv), "machine": machine(), "budget_s": round(budget), "workers": args.workers,
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))}  # fmt: skip
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # many runs share the CPU cores
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # a lent machine reaches no hub
         os.environ.setdefault(name, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    deadline = time.monotonic() + args.budget_s - FINAL_RESERVE_S
-    print(f"{len(jobs)} jobs, budget {args.budget_s:.0f} s, {args.workers} at once; logs in {state_dir}", flush=True)
-    run_jobs(jobs, workers=args.workers, deadline=deadline, log_dir=state_dir,
-             record=lambda js: write_state(state_dir / "session.json", js, info))  # fmt: skip
-    report(translation_out, cifar_out)
-    info["wall_time_s"] = time.time() - started
-    write_state(state_dir / "session.json", jobs, info)
+    print(f"{len(jobs)} jobs, budget {budget:.0f} s, {args.workers} at once; logs in {state_dir}", flush=True)
+    folders = [translation_out, cifar_out, state_dir]
+    try:
+        run_jobs(jobs, workers=args.workers, deadline=deadline, log_dir=state_dir,
+                 record=lambda js: write_state(state_dir / "session.json", js, info))  # fmt: skip
+    finally:
+        info["wall_time_s"] = time.time() - started
+        write_state(state_dir / "session.json", jobs, info)
+        if args.bundle is not None:  # first the records, in case the reports outrun the command
+            bundle(args.bundle, [p for p in folders if p.exists()])
+    report(translation_out, cifar_out, timeout_s=max(5.0, FINAL_RESERVE_S - 15.0))
     for status in ("ok", "failed", "stopped", "not started"):
         names = [j.name for j in jobs if j.status == status]
         print(
@@ -394,7 +488,7 @@ def main(argv: list[str] | None = None) -> list[Job]:
             + (f" ({'; '.join(names[:6])}{'; ...' if len(names) > 6 else ''})" if names else "")
         )
     if args.bundle is not None:
-        n = bundle(args.bundle, [p for p in (translation_out, cifar_out, state_dir) if p.exists()])
+        n = bundle(args.bundle, [p for p in folders if p.exists()])
         print(f"bundle {args.bundle}: {n} files, {args.bundle.stat().st_size / 1e6:.1f} MB")
     return jobs
 

@@ -54,6 +54,8 @@ def _job(name: str, code: str, est_s: float = 0.1, **kwargs) -> Job:
 
 def test_run_jobs_in_order_within_workers_and_budget(tmp_path):
     states = []
+    records = tmp_path / "results.jsonl"
+    write = "import json; open({!r}, 'a').write(json.dumps({{'key': {!r}, 'returncode': {}}}) + '\\n')"
     jobs = [
         _job("quick", "import time; time.sleep(0.3)"),
         _job("fails", "raise SystemExit(3)"),
@@ -62,22 +64,33 @@ def test_run_jobs_in_order_within_workers_and_budget(tmp_path):
         _job("never ends", "import time; time.sleep(60)"),
         _job("limited", "import sys; print(sys.argv[-1])", reserve_s=1.0),
         _job("after quick", "pass", after="quick"),
+        # a sweep exits 0 whatever its run did: its record decides
+        _job("recorded ok", write.format(str(records), "a", 0), records=records, key="a"),
+        _job("recorded failure", write.format(str(records), "b", 1), records=records, key="b"),
+        _job("no record", "pass", records=records, key="c"),
     ]
     started = time.monotonic()
-    run_jobs(jobs, workers=2, deadline=started + 4.0, log_dir=tmp_path, record=lambda js: states.append(
+    run_jobs(jobs, workers=2, deadline=started + 8.0, log_dir=tmp_path, record=lambda js: states.append(
         sum(j.status == "running" for j in js)), poll_s=0.05)  # fmt: skip
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 30
     status = {j.name: j.status for j in jobs}
     assert status == {
         "quick": "ok", "fails": "failed", "after fails": "not started", "too long": "not started",
-        "never ends": "stopped", "limited": "ok", "after quick": "ok",
+        "never ends": "stopped", "limited": "ok", "after quick": "ok", "recorded ok": "ok",
+        "recorded failure": "failed", "no record": "failed",
     }  # fmt: skip
     assert max(states) <= 2
     assert jobs[1].returncode == 3 and "did not succeed" in jobs[2].note and "would not fit" in jobs[3].note
-    assert jobs[4].note == "stopped at the deadline" and jobs[4].ended_s >= 3.9
-    # The time-limited job was told the seconds left to the deadline less its reserve.
+    assert jobs[4].note == "stopped at the deadline" and jobs[4].ended_s >= 7.9
+    assert "return code 1" in jobs[8].note and "no record of c" in jobs[9].note
+    # The time-limited job was told the seconds left to the deadline less its reserve and start-up.
     limit = float((tmp_path / "limited.log").read_text().strip().split("=")[1])
-    assert jobs[5].argv[-1].startswith("--train_time_limit_s=") and 0 < limit <= 3.0
+    assert jobs[5].argv[-1].startswith("--train_time_limit_s=") and 1.0 <= limit <= 8.0
+
+
+def test_a_dependency_on_no_job_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="names no job"):
+        run_jobs([_job("a", "pass", after="typo")], workers=1, deadline=time.monotonic() + 5, log_dir=tmp_path)
 
 
 def test_an_error_in_the_loop_stops_the_running_jobs(tmp_path):
@@ -92,7 +105,7 @@ def test_an_error_in_the_loop_stops_the_running_jobs(tmp_path):
     assert jobs[0].status == "stopped" and jobs[0].proc.poll() is not None
 
 
-def test_bundle_keeps_results_and_leaves_weights_out(tmp_path):
+def test_bundle_keeps_results_and_leaves_weights_out(tmp_path, monkeypatch):
     out = tmp_path / "results"
     (out / "runs" / "a" / "checkpoint-10").mkdir(parents=True)
     for name in ("results.jsonl", "results.md", "plot.png", "runs/a/all_results.json", "runs/a/model.safetensors",
@@ -104,6 +117,20 @@ def test_bundle_keeps_results_and_leaves_weights_out(tmp_path):
         assert sorted(tar.getnames()) == [
             "results/plot.png", "results/results.jsonl", "results/results.md", "results/runs/a/all_results.json",
         ]  # fmt: skip
+    # Too large for the device tool: the records, tables and plots alone.
+    monkeypatch.setattr(gpu_session, "MAX_BUNDLE_BYTES", 1)
+    assert gpu_session.bundle(path, [out]) == 3
+    with tarfile.open(path) as tar:
+        assert "results/runs/a/all_results.json" not in tar.getnames()
+    # A folder outside the repository and the bundle's folder is named below its parent.
+    elsewhere = tmp_path / "x" / "y"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "results.md").write_text("y")
+    monkeypatch.setattr(gpu_session, "MAX_BUNDLE_BYTES", 2**20)
+    (tmp_path / "z").mkdir()
+    gpu_session.bundle(tmp_path / "z" / "b.tar.gz", [elsewhere])
+    with tarfile.open(tmp_path / "z" / "b.tar.gz") as tar:
+        assert tar.getnames() == ["y/results.md"]
 
 
 def test_a_missing_data_root_says_how_to_make_one(tmp_path, capsys):

@@ -367,7 +367,13 @@ def test_time_limit_callback_stops_at_the_first_step_past_the_deadline():
         now[0], state.global_step = t, step
         limit.on_step_end(None, state, control)
         assert control.should_training_stop == (step >= 3)
-    assert limit.stopped_at == 3
+    assert limit.stopped_at == 3 and not control.should_save  # no checkpoints asked for (args None)
+    # With checkpoints, the step it stops at is saved, so a later run with more time goes on.
+    from types import SimpleNamespace
+
+    control = TrainerControl()
+    TimeLimit(deadline=0.0, clock=lambda: 1.0).on_step_end(SimpleNamespace(save_strategy="steps"), state, control)
+    assert control.should_training_stop and control.should_save
     # The last step of a run is not a stop by the limit.
     done = TimeLimit(deadline=0.0, clock=lambda: 1.0)
     state, control = TrainerState(max_steps=5, global_step=5), TrainerControl()

@@ -211,10 +211,10 @@ class RecipeArguments:
     train_time_limit_s: float = field(
         default=0.0,
         metadata={
-            "help": "Stop training once this many seconds have passed since the script started (the initialiser's"
-            " time included), then evaluate and predict as usual; all_results.json records the step reached"
-            " (global_step) and time_limited. The schedule is unchanged, so with --schedule_steps a stopped run"
-            " is the first part of the full one. 0: no limit."
+            "help": "Stop training once this many seconds have passed since the run began (after the script's"
+            " imports; the initialiser's time included), then evaluate and predict as usual; all_results.json"
+            " records the step reached (global_step) and time_limited. The schedule is unchanged, so with"
+            " --schedule_steps a stopped run is the first part of the full one. 0: no limit."
         },
     )
     first_step_report: bool = field(

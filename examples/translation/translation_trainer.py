@@ -61,6 +61,10 @@ class TimeLimit(TrainerCallback):
         if self.stopped_at is None and self.clock() >= self.deadline and state.global_step < state.max_steps:
             self.stopped_at = state.global_step
             control.should_training_stop = True
+            # A checkpoint of where it stopped, if the run saves any: started again with a later
+            # limit, the run goes on from here (the schedule does not depend on the limit).
+            strategy = getattr(args, "save_strategy", "no")
+            control.should_save = str(getattr(strategy, "value", strategy)) != "no"
             logger.info("--train_time_limit_s reached: training stops at step %d of %d",
                         state.global_step, state.max_steps)  # fmt: skip
         return control
