@@ -69,6 +69,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE / "common"))  # reporting, shared by the examples
+
+from reporting import machine_description, read_jsonl  # noqa: E402
 
 TRANSLATION_OUT = HERE / "translation" / "results" / "gpu_paper_iwslt_shape"
 CIFAR_OUT = HERE / "cnn" / "results" / "gpu_paper_first_epoch"
@@ -238,7 +241,7 @@ def run_jobs(jobs: list[Job], *, workers: int, deadline: float, log_dir: Path, r
         job.log.close()
         job.status, job.returncode, job.ended_s = ("ok" if code == 0 else "failed"), code, clock() - start
         if code == 0 and job.records is not None:
-            mine = [r for r in read_records(job.records) if r.get("key") == job.key]
+            mine = [r for r in read_jsonl(job.records) if r.get("key") == job.key]
             if not mine:
                 job.status, job.note = "failed", f"no record of {job.key} in {job.records}"
             elif mine[-1].get("returncode") != 0:
@@ -296,28 +299,10 @@ def run_jobs(jobs: list[Job], *, workers: int, deadline: float, log_dir: Path, r
         stop([j for j in jobs if j.status == "running"], "stopped: the session itself stopped")
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """A sweep's records; a last line still being written by another process is left out."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            rows.append(json.loads(line))
-    return rows
-
-
 def write_state(path: Path, jobs: list[Job], info: dict[str, Any]) -> None:
     # Not asdict: it would deep-copy the running processes.
     rows = [{f.name: getattr(j, f.name) for f in fields(j) if f.name not in ("proc", "log")} for j in jobs]
     path.write_text(json.dumps({**info, "jobs": rows}, indent=1, default=str) + "\n")
-
-
-def machine() -> str:
-    sys.path.insert(0, str(HERE / "common"))
-    from reporting import machine_description
-
-    return machine_description()
 
 
 def report(translation_out: Path, cifar_out: Path, timeout_s: float | None = None) -> None:
@@ -464,8 +449,13 @@ def main(argv: list[str] | None = None) -> list[Job]:
     state_dir = args.out / "session"
     state_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    info = {"command": " ".join(sys.argv), "machine": machine(), "budget_s": round(budget), "workers": args.workers,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started))}  # fmt: skip
+    info = {
+        "command": " ".join(sys.argv),
+        "machine": machine_description(),
+        "budget_s": round(budget),
+        "workers": args.workers,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(started)),
+    }
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # many runs share the CPU cores
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # a lent machine reaches no hub
         os.environ.setdefault(name, "1")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import doctest
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "common"))
 
@@ -54,3 +57,12 @@ def test_records_of_another_sweep_are_shown_first_and_never_run(tmp_path, capsys
     assert [(r["key"], r["bleu"]) for r in records] == [("old", 1.0), ("shared", 3.0)]
     assert "1 runs already done, 0 to go" in capsys.readouterr().out
     assert len(read_jsonl(results)) == 1  # the other sweep's records are not copied in
+
+
+def test_read_jsonl_leaves_out_a_last_line_still_being_written(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"key": "a"}\n{"key": "b", "ret')
+    assert read_jsonl(path) == [{"key": "a"}]
+    path.write_text('{"key": "a", "ret\n{"key": "b"}\n')  # damage anywhere else is an error
+    with pytest.raises(json.JSONDecodeError):
+        read_jsonl(path)

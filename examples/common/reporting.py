@@ -47,11 +47,19 @@ def mean_std(values: Iterable[float], digits: int = 2) -> str:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of a JSON-lines file (none if it does not exist)."""
+    """Every record of a JSON-lines file (none if it does not exist). A last line that does not
+    parse is left out: another process (sweeps side by side on one GPU) may be writing it."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    if lines:
+        try:
+            records.append(json.loads(lines[-1]))
+        except json.JSONDecodeError:
+            pass
+    return records
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
