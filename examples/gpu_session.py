@@ -70,7 +70,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE / "common"))  # reporting, shared by the examples
+sys.path[:0] = [str(HERE / "translation"), str(HERE / "cnn")]  # the sweeps, for their run keys
 
+import no_warmup  # noqa: E402
+import sweep_cifar  # noqa: E402
 from reporting import machine_description, read_jsonl  # noqa: E402
 
 TRANSLATION_OUT = HERE / "translation" / "results" / "gpu_paper_iwslt_shape"
@@ -154,7 +157,7 @@ def translation_jobs(out: Path, data_root: Path | None, smoke: bool) -> list[Job
         # on a shared GPU) and some training.
         init_s = (5.0 if smoke else 200.0) if "gradinit" in variant else 0.0
         est = reserve + init_s + (5.0 if smoke else 60.0)
-        key = f"{variant.replace('/', '-')}_adam_lr{float(lr):g}_s0"  # no_warmup.py's run key
+        key = no_warmup.Run(variant, "adam", float(lr), None, 0).key
         jobs.append(Job(f"translation {variant} lr {lr}", argv, est_s=est, reserve_s=reserve,
                         records=out / "results.jsonl", key=key))  # fmt: skip
     return jobs
@@ -193,7 +196,7 @@ def cifar_jobs(out: Path, data_root: Path | None, smoke: bool) -> list[Job]:
         argv = [py, str(HERE / "cnn" / "sweep_cifar.py"), "--out", str(out), "--jobs", "1", "--plot_epochs", "1",
                 "--models", model, "--variants", variant, "--seeds", str(seed), "--", *recipe]  # fmt: skip
         jobs.append(Job(f"cifar {model} {variant} seed {seed}", argv, est_s=cifar_est(model, variant),
-                        records=out / "results.jsonl", key=f"{model}_{variant}_s{seed}",
+                        records=out / "results.jsonl", key=sweep_cifar.Run(model, variant, seed).key,
                         after=cache[0].name if cache else None))  # fmt: skip
     return cache + jobs
 
