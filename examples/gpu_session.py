@@ -378,23 +378,37 @@ def stage(folder: Path) -> None:
     print(f"staged {folder}: " + ", ".join(sorted(p.name for p in folder.rglob("*") if p.is_file()))[:2000])
 
 
-def preflight() -> str:
-    """The versions the runs will use, or a ``SystemExit`` naming what is missing, in seconds
-    rather than after a failed first run (a lent machine starts bare)."""
+# What each plan imports: a machine without the translation extras still runs the CIFAR plan.
+NEEDS = {
+    "both": ("torch", "transformers", "accelerate"),
+    "translation": ("datasets", "pyarrow", "sacrebleu", "tokenizers"),
+}
+
+
+def preflight(plans: tuple[str, ...] = ("translation", "cifar")) -> tuple[str, tuple[str, ...]]:
+    """The versions the runs will use and the plans they allow, in seconds rather than after a
+    failed first run (a lent machine starts bare): a ``SystemExit`` naming what is missing when
+    no asked-for plan can run; a plan whose own packages are missing is left out, with a warning."""
     import importlib
 
-    found, missing = [], []
-    for name in ("torch", "transformers", "datasets", "pyarrow", "accelerate", "sacrebleu", "tokenizers"):
+    found, missing = [], {}
+    for name in (*NEEDS["both"], *NEEDS["translation"]):
         try:
             found.append(f"{name} {importlib.import_module(name).__version__}")
         except Exception as err:  # an old pyarrow fails datasets' import with an error of its own
-            missing.append(f"{name} ({type(err).__name__}: {err})")
-    if missing:
-        raise SystemExit("gpu_session.py: cannot run: " + "; ".join(missing) + ". Carry wheels (--stage) or install.")
+            missing[name] = f"{name} ({type(err).__name__}: {err})"
+    blocked = {plan: [missing[n] for n in NEEDS["both"] + NEEDS.get(plan, ()) if n in missing] for plan in plans}
+    runnable = tuple(plan for plan in plans if not blocked[plan])
+    if not runnable:
+        why = "; ".join(dict.fromkeys(m for ms in blocked.values() for m in ms))
+        raise SystemExit(f"gpu_session.py: cannot run: {why}. Carry wheels (--stage) or install.")
+    for plan in plans:
+        if blocked[plan]:
+            print(f"gpu_session.py: WARNING: leaving out the {plan} plan: " + "; ".join(blocked[plan]), flush=True)
     import torch
 
     if not torch.cuda.is_available():
-        return ", ".join([*found, "no cuda device"])
+        return ", ".join([*found, "no cuda device"]), runnable
     # What every run does first: transformers' --tf32 switch, then fp32 matmul and convolution.
     import tempfile
 
@@ -406,7 +420,7 @@ def preflight() -> str:
     conv = torch.nn.Conv2d(3, 8, 3).cuda()
     (x @ x).sum().item()
     conv(torch.randn(2, 3, 32, 32, device="cuda")).sum().item()
-    return ", ".join([*found, f"cuda {torch.cuda.get_device_name(0)} (tf32 matmul and conv ran)"])
+    return ", ".join([*found, f"cuda {torch.cuda.get_device_name(0)} (tf32 matmul and conv ran)"]), runnable
 
 
 def main(argv: list[str] | None = None) -> list[Job]:
@@ -443,11 +457,12 @@ def main(argv: list[str] | None = None) -> list[Job]:
     deadline = time.monotonic() + budget - FINAL_RESERVE_S
     # The device tool ends a command with SIGTERM: exit through run_jobs' cleanup, not past it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    print(preflight(), flush=True)
+    versions, plans = preflight(("translation", "cifar") if args.only is None else (args.only,))
+    print(versions, flush=True)
     jobs = []
-    if args.only in (None, "translation"):
+    if "translation" in plans:
         jobs += translation_jobs(translation_out, args.data_root, args.smoke)
-    if args.only in (None, "cifar"):
+    if "cifar" in plans:
         jobs += cifar_jobs(cifar_out, args.data_root, args.smoke)
     state_dir = args.out / "session"
     state_dir.mkdir(parents=True, exist_ok=True)

@@ -137,3 +137,32 @@ def test_a_missing_data_root_says_how_to_make_one(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_session.main(["--data_root", str(tmp_path / "nothing"), "--out", str(tmp_path)])
     assert "--stage FOLDER" in capsys.readouterr().err
+
+
+def _without(monkeypatch, *names: str) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def fake(name, *args, **kwargs):
+        if name in names:
+            raise ImportError(f"pyarrow>=24.0.0 is required for {name} (fake)")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", fake)
+
+
+def test_preflight_leaves_out_the_plan_whose_packages_are_missing(monkeypatch, capsys):
+    _without(monkeypatch, "datasets")
+    versions, plans = gpu_session.preflight(("translation", "cifar"))
+    assert plans == ("cifar",)  # the CIFAR example needs no datasets: its runs still go
+    assert "torch " in versions and "datasets" not in versions
+    assert "leaving out the translation plan: datasets (ImportError: pyarrow>=24.0.0" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="cannot run: datasets"):  # nothing left of what was asked
+        gpu_session.preflight(("translation",))
+
+
+def test_preflight_stops_when_a_package_both_plans_need_is_missing(monkeypatch):
+    _without(monkeypatch, "accelerate")
+    with pytest.raises(SystemExit, match=r"cannot run: accelerate \(ImportError.*--stage"):
+        gpu_session.preflight(("translation", "cifar"))
