@@ -249,7 +249,7 @@ def test_no_warmup_sweep_runs_resumes_and_reports(tmp_path, capsys):
     assert sgd["base_init"] == "xavier" and "momentum=0.9" in sgd["command"] and sgd["init_seconds"] > 0
     assert sgd["ablation"] == "floor0.1" and "--gradinit_min_scale 0.1" in sgd["command"]
     assert warm["ablation"] is None and "--gradinit_min_scale" not in warm["command"]
-    assert all(r["loss_curve"] and "eval_bleu" in r for r in records)
+    assert all(r["loss_curve"] and "eval_bleu" in r and 0 < r["eval_distinct"] <= 1 for r in records)
     table = (tmp_path / "sweep" / "results.md").read_text()
     assert "sgd (momentum 0.9)" in table and "xavier/gradinit@floor0.1" in table
     assert (tmp_path / "sweep" / "bleu_vs_lr.png").stat().st_size > 0

@@ -126,8 +126,8 @@ def command(run: Run, args: argparse.Namespace, out_dir: Path) -> list[str]:
     return cmd + list(args.run_args) + ABLATIONS.get(run.ablation or "", [])
 
 
-KEPT = ("eval_bleu", "predict_bleu", "train_loss", "eval_loss", "init_seconds", "init_fraction_of_train_runtime",
-        "machine", "global_step", "time_limited")  # fmt: skip
+KEPT = ("eval_bleu", "predict_bleu", "eval_distinct", "predict_distinct", "train_loss", "eval_loss",
+        "init_seconds", "init_fraction_of_train_runtime", "machine", "global_step", "time_limited")  # fmt: skip
 
 
 def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:

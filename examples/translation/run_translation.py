@@ -585,7 +585,10 @@ def run(model_args, data_args, training_args, init_args, recipe_args=None) -> di
         refs = [t.strip() for t in tokenizer.batch_decode(labels, skip_special_tokens=True)]
         bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize=data_args.bleu_tokenize)
         lengths = [int(np.count_nonzero(p != tokenizer.pad_token_id)) for p in preds]
-        return {"bleu": bleu.score, "gen_len": float(np.mean(lengths))}
+        # A model that ignores its source (the Post-LN failure without warmup that leaves the
+        # plateau as a language model of the targets) scores a low BLEU that does not say so.
+        distinct = len(set(hyps)) / max(len(hyps), 1)
+        return {"bleu": bleu.score, "gen_len": float(np.mean(lengths)), "distinct": distinct}
 
     init_kwargs = trainer_init_kwargs(init_args, training_args, model=model)
     if recipe_args.first_step_report and "train" in tokenized:
