@@ -432,3 +432,12 @@ def test_compare_first_steps_table(tmp_path):
     base, shrunk = (line.split(" | ") for line in out.splitlines()[-2:])
     assert base[1].startswith("0 of") and shrunk[1].startswith("1 of")
     assert shrunk[2].endswith("(model.decoder.layers.0.fc1.weight) |") and float(shrunk[2].split()[0]) > 1
+
+
+def test_loss_curves_stop_where_a_run_diverged():
+    import no_warmup
+
+    curve = [[10, 8.1], [20, 5.2e12], [30, 0.0], [40, 0.0]]  # the Trainer logs NaN losses as 0.0
+    assert no_warmup.finite_part(curve) == ([[10, 8.1], [20, 5.2e12]], True)
+    assert no_warmup.finite_part([[10, 8.1], [20, 6.0]]) == ([[10, 8.1], [20, 6.0]], False)
+    assert no_warmup.finite_part([[10, float("nan")]]) == ([], True)

@@ -184,6 +184,15 @@ def write_table(records: list[dict[str, Any]], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def finite_part(curve: list[list[float]]) -> tuple[list[list[float]], bool]:
+    """The loss curve up to where the run diverged, and whether it did: the Trainer logs a NaN/inf
+    loss as 0.0 (``logging_nan_inf_filter``), which a label-smoothed loss never is."""
+    for i, (_, loss) in enumerate(curve):
+        if loss == 0.0 or not math.isfinite(loss):
+            return curve[:i], True
+    return curve, False
+
+
 def write_plots(records: list[dict[str, Any]], out: Path) -> None:
     import matplotlib
 
@@ -214,18 +223,28 @@ def write_plots(records: list[dict[str, Any]], out: Path) -> None:
     settings = sorted({(r["optim"], r["momentum"], r["lr"]) for r in records}, key=lambda s: (s[0], s[1] or 0, s[2]))
     fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.8), squeeze=False)
     for ax, (optim, momentum, lr) in zip(axes[0], settings, strict=True):
+        starts, peaks, lows = [], [], []
         for i, variant in enumerate(dict.fromkeys(r["variant"] for r in records)):
             for j, r in enumerate(
                 r
                 for r in records
                 if (r["variant"], r["optim"], r["momentum"], r["lr"]) == (variant, optim, momentum, lr)
             ):
-                if r.get("loss_curve"):
-                    steps, losses = zip(*r["loss_curve"], strict=True)
+                curve, diverged = finite_part(r.get("loss_curve") or [])
+                if curve:
+                    steps, losses = zip(*curve, strict=True)
                     ax.plot(steps, losses, color=f"C{i}", alpha=0.8, label=variant if j == 0 else None)
+                    starts.append(losses[0])
+                    peaks.append(max(losses))
+                    lows.append(min(losses))
+                    if diverged:
+                        ax.plot(steps[-1:], losses[-1:], "x", color=f"C{i}", markersize=9)
+        if starts:  # a divergence's 1e12 would flatten every other curve
+            top = min(max(peaks), 3.0 * max(starts))
+            ax.set_ylim(min(lows) - 0.05 * (top - min(lows)), top + 0.05 * (top - min(lows)))
         ax.set_title(f"{optim}{'' if momentum is None else f' m={momentum:g}'} lr {lr:g}")
         ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
+        ax.set_ylabel("training loss (x: diverged)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
