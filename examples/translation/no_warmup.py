@@ -172,9 +172,7 @@ def write_table(records: list[dict[str, Any]], path: Path) -> None:
                 cells.append("")
                 continue
             losses = [r["loss_curve"][-1][1] for r in rs if r.get("loss_curve")]
-            # The Trainer filters NaN/inf losses out of its logs (logging_nan_inf_filter), so a
-            # run that diverged logs 0.0, which a label-smoothed loss can never be.
-            diverged = sum(x == 0.0 for x in losses)
+            diverged = sum(finite_part(r["loss_curve"])[1] for r in rs if r.get("loss_curve"))
             loss = f" [{statistics.fmean(losses):.2f}]" if losses and not diverged else ""
             loss = f" [diverged in {diverged} of {len(losses)}]" if diverged else loss
             measured = [r for r in rs if r["returncode"] != 0 or not math.isnan(bleu_of(r))]
@@ -223,7 +221,7 @@ def write_plots(records: list[dict[str, Any]], out: Path) -> None:
     settings = sorted({(r["optim"], r["momentum"], r["lr"]) for r in records}, key=lambda s: (s[0], s[1] or 0, s[2]))
     fig, axes = plt.subplots(1, len(settings), figsize=(5 * len(settings), 3.8), squeeze=False)
     for ax, (optim, momentum, lr) in zip(axes[0], settings, strict=True):
-        starts, peaks, lows = [], [], []
+        plotted = []
         for i, variant in enumerate(dict.fromkeys(r["variant"] for r in records)):
             for j, r in enumerate(
                 r
@@ -234,14 +232,13 @@ def write_plots(records: list[dict[str, Any]], out: Path) -> None:
                 if curve:
                     steps, losses = zip(*curve, strict=True)
                     ax.plot(steps, losses, color=f"C{i}", alpha=0.8, label=variant if j == 0 else None)
-                    starts.append(losses[0])
-                    peaks.append(max(losses))
-                    lows.append(min(losses))
+                    plotted.append(losses)
                     if diverged:
                         ax.plot(steps[-1:], losses[-1:], "x", color=f"C{i}", markersize=9)
-        if starts:  # a divergence's 1e12 would flatten every other curve
-            top = min(max(peaks), 3.0 * max(starts))
-            ax.set_ylim(min(lows) - 0.05 * (top - min(lows)), top + 0.05 * (top - min(lows)))
+        if plotted:  # a divergence's 1e12 would flatten every other curve
+            low = min(map(min, plotted))
+            top = min(max(map(max, plotted)), 3.0 * max(losses[0] for losses in plotted))
+            ax.set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
         ax.set_title(f"{optim}{'' if momentum is None else f' m={momentum:g}'} lr {lr:g}")
         ax.set_xlabel("step")
         ax.set_ylabel("training loss (x: diverged)")
