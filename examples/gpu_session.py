@@ -21,7 +21,7 @@ wanted runs as fit, in priority order, and leaves the rest for the next time:
   epoch at ``--const_lr`` 0.01, the others run at 0.1. ResNet-1202 is last: its rough epoch time
   (``EPOCH_S``, a guess) does not fit the default budget, so its runs wait for a longer one.
 
-A run is started only if its rough duration (``cifar_est``, from the H100 session's times) fits
+A run is started only if its rough duration (``cifar_est``, from the H200 session's times) fits
 before the deadline; at the deadline whatever still runs is stopped and counts as not done. A
 job is "ok" only if its sweep recorded the run as a success.
 Records go to the examples' own result folders (``results.jsonl``, the sweep scripts' format),
@@ -83,10 +83,13 @@ CIFAR_OUT = HERE / "cnn" / "results" / "gpu_paper_first_epoch"
 CIFAR_COLUMNS = ("vgg19_bn", "resnet110_nobn", "vgg19_nobn", "resnet110_bn", "resnet1202_bn")
 PAPER_INITS = ("default", "default+warmup", "default+constlr", "gradinit", "metainit")
 # Rough seconds of one first-epoch run on a shared GPU (model's epoch plus the initialiser's
-# extra), from the H100 session (22-46 s default, 52-106 s GradInit, four runs side by side);
-# only used to leave out runs that could not finish before the deadline.
-EPOCH_S = {"vgg19": 40.0, "resnet110": 60.0, "resnet1202": 600.0, "resnet20": 5.0}
-INIT_EXTRA_EPOCHS = {"gradinit": 1.6, "metainit": 3.0, "lsuv": 0.2}
+# extra), from the H200 session of 2026-12-04, twelve runs side by side: VGG-19 52-71 s a run
+# (its training 31-48 s), GradInit 121 s of which 55 s GradInit, MetaInit 221 s of which 164 s
+# MetaInit, ResNet-110 129 s (training 104 s); the H100 session's 40 s and 60 s (four runs at
+# a time) let three ResNet-110 runs start that the deadline then stopped. Only used to leave
+# out runs that could not finish before the deadline; ResNet-1202's is a guess.
+EPOCH_S = {"vgg19": 45.0, "resnet110": 100.0, "resnet1202": 600.0, "resnet20": 5.0}
+INIT_EXTRA_EPOCHS = {"gradinit": 1.6, "metainit": 4.0, "lsuv": 0.2}
 
 # Seconds a translation run keeps after its training deadline: evaluation and prediction
 # (beam 5, 2,000 sentences; a collapsed model decodes to the length limit) and saving.
@@ -111,7 +114,7 @@ class Job:
     reserve_s: float | None = None
     records: Path | None = None  # the sweep's results.jsonl, and the run's key in it
     key: str | None = None
-    status: str = "pending"  # pending, running, ok, failed, stopped, not started
+    status: str = "pending"  # pending, running, ok, failed, stopped, not started, recorded, not needed
     returncode: int | None = None
     started_s: float | None = None
     ended_s: float | None = None
@@ -302,6 +305,26 @@ def run_jobs(jobs: list[Job], *, workers: int, deadline: float, log_dir: Path, r
         stop([j for j in jobs if j.status == "running"], "stopped: the session itself stopped")
 
 
+def skip_recorded(jobs: list[Job]) -> list[Job]:
+    """Mark ``recorded`` every job whose sweep already holds a successful record of its run (an
+    earlier session's), and ``not needed`` a job that only recorded-or-not-needed jobs wait for
+    (the CIFAR decode, once every CIFAR run is recorded): on a lent machine each start costs a
+    worker slot and seconds of imports. Failed records are left to the sweeps, which decide
+    themselves whether to run them again. Returns the jobs so marked."""
+    marked = []
+    for job in jobs:
+        if job.status == "pending" and job.records is not None and job.key is not None:
+            if any(r.get("key") == job.key and r.get("returncode") == 0 for r in read_jsonl(job.records)):
+                job.status, job.note = "recorded", f"{job.key} is already in {job.records}"
+                marked.append(job)
+    for job in jobs:
+        waiting = [j for j in jobs if j.after == job.name]
+        if job.status == "pending" and waiting and all(j.status in ("recorded", "not needed") for j in waiting):
+            job.status, job.note = "not needed", "every job that waits for it is already recorded"
+            marked.append(job)
+    return marked
+
+
 def write_state(path: Path, jobs: list[Job], info: dict[str, Any]) -> None:
     # Not asdict: it would deep-copy the running processes.
     rows = [{f.name: getattr(j, f.name) for f in fields(j) if f.name not in ("proc", "log")} for j in jobs]
@@ -478,7 +501,9 @@ def main(argv: list[str] | None = None) -> list[Job]:
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # a lent machine reaches no hub
         os.environ.setdefault(name, "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    print(f"{len(jobs)} jobs, budget {budget:.0f} s, {args.workers} at once; logs in {state_dir}", flush=True)
+    skipped = skip_recorded(jobs)
+    print(f"{len(jobs)} jobs ({len(skipped)} already recorded or not needed), budget {budget:.0f} s, "
+          f"{args.workers} at once; logs in {state_dir}", flush=True)  # fmt: skip
     folders = [translation_out, cifar_out, state_dir]
     try:
         run_jobs(jobs, workers=args.workers, deadline=deadline, log_dir=state_dir,
@@ -489,7 +514,7 @@ def main(argv: list[str] | None = None) -> list[Job]:
         if args.bundle is not None:  # first the records, in case the reports outrun the command
             bundle(args.bundle, [p for p in folders if p.exists()])
     report(translation_out, cifar_out, timeout_s=max(5.0, FINAL_RESERVE_S - 15.0))
-    for status in ("ok", "failed", "stopped", "not started"):
+    for status in ("ok", "failed", "stopped", "not started", "recorded"):
         names = [j.name for j in jobs if j.status == status]
         print(
             f"{status}: {len(names)}"

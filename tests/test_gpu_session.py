@@ -88,6 +88,30 @@ def test_run_jobs_in_order_within_workers_and_budget(tmp_path):
     assert jobs[5].argv[-1].startswith("--train_time_limit_s=") and 1.0 <= limit <= 8.0
 
 
+def test_runs_an_earlier_session_recorded_are_not_started_again(tmp_path):
+    records = tmp_path / "results.jsonl"
+    records.write_text('{"key": "done", "returncode": 0}\n{"key": "broke", "returncode": 1}\n')
+    ran = tmp_path / "ran"
+
+    def touch(name: str) -> str:
+        return f"open({str(ran)!r}, 'a').write({name!r} + '\\n')"
+
+    jobs = [
+        _job("decode", touch("decode")),
+        _job("done", touch("done"), records=records, key="done", after="decode"),
+        _job("broke", touch("broke"), records=records, key="broke", after="decode"),
+        _job("other decode", touch("other decode")),
+        _job("done too", touch("done too"), records=records, key="done", after="other decode"),
+    ]
+    marked = gpu_session.skip_recorded(jobs)
+    assert [j.name for j in marked] == ["done", "done too", "other decode"]
+    assert [j.status for j in jobs] == ["pending", "recorded", "pending", "not needed", "recorded"]
+    run_jobs(jobs, workers=2, deadline=time.monotonic() + 20, log_dir=tmp_path, poll_s=0.05)
+    # the failed record is the sweep's to judge: its job runs (and, writing no record, fails)
+    assert sorted(ran.read_text().split()) == ["broke", "decode"]
+    assert [j.status for j in jobs] == ["ok", "recorded", "failed", "not needed", "recorded"]
+
+
 def test_a_dependency_on_no_job_is_refused(tmp_path):
     with pytest.raises(ValueError, match="names no job"):
         run_jobs([_job("a", "pass", after="typo")], workers=1, deadline=time.monotonic() + 5, log_dir=tmp_path)
