@@ -5,6 +5,10 @@ on the one device, inside a fixed time budget.
 A lent GPU comes for minutes, not hours, so this script turns a budget into as many of the
 wanted runs as fit, in priority order, and leaves the rest for the next time:
 
+* **FSDP2 on NCCL** (``benchmarks/bench_fsdp2_gpu.py``, about a minute, first): GradInit on a
+  sharded model against the unsharded one, memory by ``torch.cuda.max_memory_allocated``, time
+  per iteration, and the agreement of the scales; left out once ``benchmarks/results/gpu_fsdp2/``
+  holds its result.
 * **translation** (``no_warmup.py``): the ``transformer_iwslt_de_en`` shape in the paper's regime
   (``--recipe paper``: fairseq's init, no clipping, 4,096-token batches, 100k-update schedule
   horizon, GradInit with the paper's settings) at the paper's Adam lr 5e-4: GradInit, the
@@ -78,6 +82,7 @@ from reporting import machine_description, read_jsonl  # noqa: E402
 
 TRANSLATION_OUT = HERE / "translation" / "results" / "gpu_paper_iwslt_shape"
 CIFAR_OUT = HERE / "cnn" / "results" / "gpu_paper_first_epoch"
+FSDP2_OUT = REPO / "benchmarks" / "results" / "gpu_fsdp2"
 
 # The paper's Table 1 columns, and its rows as sweep_cifar.py variants.
 CIFAR_COLUMNS = ("vgg19_bn", "resnet110_nobn", "vgg19_nobn", "resnet110_bn", "resnet1202_bn")
@@ -164,6 +169,20 @@ def translation_jobs(out: Path, data_root: Path | None, smoke: bool) -> list[Job
         jobs.append(Job(f"translation {variant} lr {lr}", argv, est_s=est, reserve_s=reserve,
                         records=out / "results.jsonl", key=key))  # fmt: skip
     return jobs
+
+
+def benchmark_jobs(out: Path, smoke: bool) -> list[Job]:
+    """``benchmarks/bench_fsdp2_gpu.py``: GradInit on an FSDP2 model on NCCL against the unsharded
+    model (memory by ``max_memory_allocated``, time, agreement of the scales), the one measurement
+    the sharding work still needs a GPU for; about a minute, so it goes first, and it is left out
+    once its result file exists."""
+    result = out / ("fsdp2_cpu.json" if smoke else "fsdp2_cuda.json")
+    if result.exists():
+        return []
+    argv = [sys.executable, str(REPO / "benchmarks" / "bench_fsdp2_gpu.py"), "--out", str(result)]
+    if smoke:
+        argv += ["--device", "cpu", "--width", "64", "--layers", "2", "--iters", "3", "--worlds", "1"]
+    return [Job("benchmark fsdp2", argv, est_s=30.0 if smoke else 90.0)]
 
 
 def cifar_plan(smoke: bool) -> list[tuple[str, str, int]]:
@@ -456,7 +475,8 @@ def main(argv: list[str] | None = None) -> list[Job]:
                         "installing wheels), whichever of it and --budget_s comes first")  # fmt: skip
     parser.add_argument("--workers", type=int, default=12, help="runs at once on the one GPU")
     parser.add_argument("--data_root", type=Path, default=None, help="folder with multi30k/raw and cifar10/")
-    parser.add_argument("--only", choices=("translation", "cifar"), default=None, help="one of the two plans")
+    parser.add_argument("--only", choices=("benchmark", "translation", "cifar"), default=None,
+                        help="one of the three plans")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny CPU runs on built-in data (plumbing check)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "gpu_session",
                         help="session.json and the job logs (with --smoke: the results too)")  # fmt: skip
@@ -468,21 +488,23 @@ def main(argv: list[str] | None = None) -> list[Job]:
         stage(args.stage)
         return []
     if args.smoke:
-        translation_out, cifar_out = args.out / "translation", args.out / "cifar"
+        translation_out, cifar_out, fsdp2_out = args.out / "translation", args.out / "cifar", args.out / "benchmarks"
     else:
         if args.data_root is None or not (args.data_root / "multi30k" / "raw").is_dir():
             parser.error("--data_root must name a folder with multi30k/raw/ and cifar10/cifar10-jpeg.tar.xz "
                          "(python examples/gpu_session.py --stage FOLDER makes one from ../shared/data).")  # fmt: skip
-        translation_out, cifar_out = TRANSLATION_OUT, CIFAR_OUT
+        translation_out, cifar_out, fsdp2_out = TRANSLATION_OUT, CIFAR_OUT, FSDP2_OUT
     budget = args.budget_s if args.end_by is None else min(args.budget_s, args.end_by - time.time())
     if not budget > FINAL_RESERVE_S or args.workers < 1:
         parser.error(f"the budget ({budget:.0f} s) must exceed {FINAL_RESERVE_S:.0f} s and --workers be >= 1.")
     deadline = time.monotonic() + budget - FINAL_RESERVE_S
     # The device tool ends a command with SIGTERM: exit through run_jobs' cleanup, not past it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    versions, plans = preflight(("translation", "cifar") if args.only is None else (args.only,))
+    versions, plans = preflight(("benchmark", "translation", "cifar") if args.only is None else (args.only,))
     print(versions, flush=True)
     jobs = []
+    if "benchmark" in plans:
+        jobs += benchmark_jobs(fsdp2_out, args.smoke)
     if "translation" in plans:
         jobs += translation_jobs(translation_out, args.data_root, args.smoke)
     if "cifar" in plans:
@@ -504,7 +526,7 @@ def main(argv: list[str] | None = None) -> list[Job]:
     skipped = skip_recorded(jobs)
     print(f"{len(jobs)} jobs ({len(skipped)} already recorded or not needed), budget {budget:.0f} s, "
           f"{args.workers} at once; logs in {state_dir}", flush=True)  # fmt: skip
-    folders = [translation_out, cifar_out, state_dir]
+    folders = [translation_out, cifar_out, fsdp2_out, state_dir]
     try:
         run_jobs(jobs, workers=args.workers, deadline=deadline, log_dir=state_dir,
                  record=lambda js: write_state(state_dir / "session.json", js, info))  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -193,3 +194,51 @@ def test_gradinit_callback_runs_inside_trainer_on_an_fsdp2_model(tmp_path):
         assert fsdp["losses"] == pytest.approx(ddp["losses"], rel=1e-4)
         assert fsdp["logged"] and fsdp["logged"][0]["gradinit/iterations"] == 5
     assert r0["fsdp"]["scales"] == r1["fsdp"]["scales"]
+
+
+def test_the_gpu_fsdp2_benchmark_runs_its_plumbing_on_gloo(tmp_path, monkeypatch):
+    """benchmarks/bench_fsdp2_gpu.py waits for a lent GPU: check here, on gloo, that it runs end
+    to end and that a one-rank FSDP2 mesh learns exactly the unsharded model's scales."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_fsdp2_gpu
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "fsdp2_cpu.json"
+    argv = [
+        "--device",
+        "cpu",
+        "--width",
+        "64",
+        "--layers",
+        "2",
+        "--iters",
+        "3",
+        "--worlds",
+        "1",
+        "2",
+        "--out",
+        str(out),
+    ]
+    summary = bench_fsdp2_gpu.main(argv)
+    assert summary == json.loads(out.read_text())
+    rows = summary["rows"]
+    assert [(r["mode"], r["world"], r["rank"]) for r in rows] == [
+        ("plain", 1, 0), ("fsdp2", 1, 0), ("fsdp2", 2, 0), ("fsdp2", 2, 1)]  # fmt: skip
+    assert {r["backend"] for r in rows} == {"gloo"}
+    assert summary["max_scale_diff_vs_unsharded"] < 1e-6
+    # the local shard halves at two ranks (64 x 64 weights split by rows; biases too)
+    assert rows[2]["local_parameters_mb"] == pytest.approx(rows[1]["local_parameters_mb"] / 2)
+    assert rows[2]["constraint_steps"] == rows[3]["constraint_steps"]
+    # peak RSS after a warm-up is no measure of GradInit's memory: no ratios are claimed from it
+    assert summary["fsdp2_w1_over_unsharded"]["gradinit_peak_growth"] is None
+    assert "growth_over_world_1" not in summary
+
+
+def test_the_gpu_fsdp2_benchmark_says_what_to_do_without_a_gpu():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_fsdp2_gpu
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit, match="--device cpu"):
+        bench_fsdp2_gpu.main(["--device", "cuda"])

@@ -190,3 +190,11 @@ def test_preflight_stops_when_a_package_both_plans_need_is_missing(monkeypatch):
     _without(monkeypatch, "accelerate")
     with pytest.raises(SystemExit, match=r"cannot run: accelerate \(ImportError.*--stage"):
         gpu_session.preflight(("translation", "cifar"))
+
+
+def test_the_fsdp2_benchmark_runs_once(tmp_path):
+    (job,) = gpu_session.benchmark_jobs(tmp_path, smoke=False)
+    assert job.argv[1].endswith("benchmarks/bench_fsdp2_gpu.py") and "--device" not in job.argv  # CUDA
+    assert job.argv[job.argv.index("--out") + 1] == str(tmp_path / "fsdp2_cuda.json")
+    (tmp_path / "fsdp2_cuda.json").write_text("{}")
+    assert gpu_session.benchmark_jobs(tmp_path, smoke=False) == []  # a later session does not repeat it
