@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import run_script_main
@@ -214,6 +215,50 @@ def test_real_cifar_slice_from_the_shared_archive(tmp_path):
         "--train_samples", "128", "--eval_samples", "64", "--num_train_epochs", "1", "--model", "resnet20_bn",
     )  # fmt: skip
     assert results["train_samples"] == 128 and results["test_samples"] == 64 and results["acc1"] is not None
+
+
+def _image_folder(root: Path, classes: tuple[str, ...], per_class: int, seed: int = 0) -> None:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = torch.randint(0, 256, (40, 36, 3), generator=g, dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / c / f"{c}_{i:03d}.png")
+
+
+def test_image_folder_reads_as_datasets_imagefolder_does(tmp_path, monkeypatch):
+    """load_cifar reads the folder itself (datasets' Arrow conversion took most of a full
+    CIFAR-10 load); order, labels, class names and pixels must be what imagefolder gives."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    from datasets import load_dataset
+
+    _image_folder(tmp_path / "data", ("truck", "bird", "cat"), per_class=4)
+    splits, names = cifar_data.load_cifar(tmp_path / "data", tmp_path / "cache")
+    raw = load_dataset("imagefolder", data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "hf"))
+    assert names == raw["train"].features["label"].names == ["bird", "cat", "truck"]
+    for split in ("train", "test"):
+        images, labels = splits[split]
+        assert images.shape == (12, 3, 32, 32) and images.dtype == torch.uint8
+        assert labels.tolist() == raw[split]["label"]
+        expected = torch.stack([torch.from_numpy(np.array(im.convert("RGB").resize((32, 32))))
+                                for im in raw[split]["image"]]).permute(0, 3, 1, 2)  # fmt: skip
+        assert torch.equal(images, expected)
+    # a subset is the seeded choice of the same list, decoded alone
+    part, _ = cifar_data.load_cifar(tmp_path / "data", tmp_path / "other", train_samples=5, seed=3)
+    idx = cifar_data.subset_indices(12, 5, 3)
+    assert torch.equal(part["train"][0], splits["train"][0][idx]) and torch.equal(
+        part["train"][1], splits["train"][1][idx]
+    )
+
+
+def test_image_folders_with_different_classes_are_refused(tmp_path):
+    _image_folder(tmp_path / "data", ("a", "b"), per_class=1)
+    (tmp_path / "data" / "test" / "b").rename(tmp_path / "data" / "test" / "c")
+    with pytest.raises(cifar_data.DataError, match="different class folders"):
+        cifar_data.load_cifar(tmp_path / "data", tmp_path / "cache")
 
 
 def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
