@@ -331,9 +331,12 @@ def skip_recorded(jobs: list[Job]) -> list[Job]:
     worker slot and seconds of imports. Failed records are left to the sweeps, which decide
     themselves whether to run them again. Returns the jobs so marked."""
     marked = []
+    done: dict[Path, set] = {}  # each sweep's records read once, not once per job
     for job in jobs:
         if job.status == "pending" and job.records is not None and job.key is not None:
-            if any(r.get("key") == job.key and r.get("returncode") == 0 for r in read_jsonl(job.records)):
+            if job.records not in done:
+                done[job.records] = {r.get("key") for r in read_jsonl(job.records) if r.get("returncode") == 0}
+            if job.key in done[job.records]:
                 job.status, job.note = "recorded", f"{job.key} is already in {job.records}"
                 marked.append(job)
     for job in jobs:
@@ -536,7 +539,7 @@ def main(argv: list[str] | None = None) -> list[Job]:
         if args.bundle is not None:  # first the records, in case the reports outrun the command
             bundle(args.bundle, [p for p in folders if p.exists()])
     report(translation_out, cifar_out, timeout_s=max(5.0, FINAL_RESERVE_S - 15.0))
-    for status in ("ok", "failed", "stopped", "not started", "recorded"):
+    for status in ("ok", "failed", "stopped", "not started", "recorded", "not needed"):
         names = [j.name for j in jobs if j.status == status]
         print(
             f"{status}: {len(names)}"
