@@ -31,14 +31,14 @@ import json
 import os
 import platform
 import resource
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 OUT_DIR = Path(__file__).parent / "results" / "gpu_fsdp2"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # hf_gradinit on a machine it is not installed on
+
+from _torchrun import mlp, shard_per_layer, torchrun  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -55,17 +55,9 @@ def worker(args: argparse.Namespace) -> None:
     if cuda:
         torch.cuda.set_device(device)
     torch.manual_seed(0)
-    model = nn.Sequential(*[nn.Sequential(nn.Linear(args.width, args.width), nn.ReLU()) for _ in range(args.layers)])
-    model.to(device)
+    model = mlp(args.width, args.layers).to(device)
     if args.mode == "fsdp2":
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import FSDPModule, fully_shard
-
-        mesh = init_device_mesh(device.type, (world,))
-        for layer in model:
-            fully_shard(layer, mesh=mesh)
-        fully_shard(model, mesh=mesh)
-        assert isinstance(model, FSDPModule)  # not a silent fallback to plain data parallel
+        shard_per_layer(model, device.type, world)
     g = torch.Generator().manual_seed(rank)
     data = [
         (
@@ -124,15 +116,9 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def launch(args: argparse.Namespace, mode: str, world: int, tmp: Path) -> list[dict]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
-           "--master_addr", "127.0.0.1", "--master_port", str(port), __file__, "--worker_out", str(tmp),
-           "--mode", mode, "--device", args.device, "--width", str(args.width), "--layers", str(args.layers),
-           "--iters", str(args.iters), "--batch", str(args.batch)]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    done = torchrun(__file__, world, ["--worker_out", str(tmp), "--mode", mode, "--device", args.device,
+                                      "--width", str(args.width), "--layers", str(args.layers),
+                                      "--iters", str(args.iters), "--batch", str(args.batch)])  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(f"bench_fsdp2_gpu.py: the {mode} run at {world} rank(s) failed:\n{done.stderr[-3000:]}")
     return [json.loads((tmp / f"{mode}_w{world}_r{r}.json").read_text()) for r in range(world)]

@@ -20,11 +20,11 @@ import json
 import os
 import platform
 import resource
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _torchrun import mlp, shard_per_layer, torchrun
 
 OUT = Path(__file__).parent / "results" / "fsdp2_memory_cpu.json"
 WIDTH, LAYERS, ITERS = 2048, 8, 6
@@ -37,19 +37,14 @@ def worker(out: Path) -> None:
     import torch
     import torch.distributed as dist
     from torch import nn
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
 
     import hf_gradinit as hg
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
-    model = nn.Sequential(*[nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.ReLU()) for _ in range(LAYERS)])
-    mesh = init_device_mesh("cpu", (world,))
-    for layer in model:
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    model = mlp(WIDTH, LAYERS)
+    shard_per_layer(model, "cpu", world)
     g = torch.Generator().manual_seed(rank)
     data = [(torch.randn(48, WIDTH, generator=g), torch.randn(48, WIDTH, generator=g)) for _ in range(2)]
 
@@ -82,13 +77,7 @@ def main() -> None:
     tmp.mkdir(parents=True, exist_ok=True)
     rows = []
     for world in WORLDS:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
-               "--master_addr", "127.0.0.1", "--master_port", str(port), __file__, "--worker", str(tmp)]  # fmt: skip
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        torchrun(__file__, world, ["--worker", str(tmp)], check=True)
         rows += [json.loads((tmp / f"w{world}_r{r}.json").read_text()) for r in range(world)]
     growth = {w: max(r["gradinit_peak_growth_mb"] for r in rows if r["world"] == w) for w in WORLDS}
     summary = {
