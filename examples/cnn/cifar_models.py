@@ -3,18 +3,28 @@
 Names are ``{family}{depth}_{bn|nobn}``: ``vgg11``/``13``/``16``/``19`` and the CIFAR ResNets
 ``resnet20``/``32``/``44``/``56``/``110``/``1202`` (three stages of 16/32/64 channels, basic
 blocks, identity shortcuts that subsample and zero-pad channels), e.g. ``vgg19_nobn`` or
-``resnet110_bn``. ``width_mult`` scales every channel count, for narrow CPU versions.
+``resnet110_bn``; the ResNets also come as ``_nobn_paper`` (below). ``width_mult`` scales every
+channel count, for narrow CPU versions.
 
 * **Default initialisation** (the paper's "Kaiming" baseline): convolutions Kaiming-normal with
   ``fan_out`` and ReLU gain, biases 0, BatchNorm weight 1 and bias 0; the VGG classifier
   N(0, 0.01); the ResNet classifier PyTorch's default with bias 0.
-* **ResNets without BatchNorm** follow the structure of the authors' no-BN ResNet (Fixup's
-  block without Fixup's zero initialisation): a learnable scalar bias before each convolution
-  and before each activation, and a learnable scalar multiplier at the end of each residual
-  branch (biases start at 0, multipliers at 1), so GradInit has a per-branch scale to learn.
-  One difference from the authors' block: the identity path here also carries the first scalar
-  bias (``x + bias1a``) in every block, theirs only where it is subsampled. The results in
-  ``RESULTS.md`` were measured with this block; the bias starts at 0, so the networks start alike.
+* **ResNets without BatchNorm, two of them**, as the authors' code has two:
+
+  - ``resnet{d}_nobn``: the structure of the authors' ``fixup_resnet{d}`` (Fixup's block
+    without Fixup's zero initialisation; ``--model_init fixup`` applies that): a learnable
+    scalar bias before each convolution and before each activation, and a learnable scalar
+    multiplier at the end of each residual branch (biases start at 0, multipliers at 1), so
+    GradInit has a per-branch scale to learn. One difference from the authors' block: the
+    identity path here also carries the first scalar bias (``x + bias1a``) in every block,
+    theirs only where it is subsampled; the bias starts at 0, so the networks start alike.
+    The reduced CPU tables and the H100/H200 ResNet-110 rows of ``RESULTS.md`` before
+    2026-12-07 were measured with this one.
+  - ``resnet{d}_nobn_paper``: the network of the paper's "ResNet-110 w/o BN" column, the
+    authors' ``resnet{d}`` with ``--no_bn`` (their ``launch/run_gradinit.sh``): the BatchNorm
+    ResNet with its BatchNorms removed and a bias on every convolution (biases start at 0), no
+    scalar biases or multipliers. ``train_cifar.py`` trains it with the authors' optimizer rule
+    for it (biases at a tenth of the learning rate, weight decay on every tensor).
 * ``forward(pixel_values, labels=None)`` returns ``ImageClassifierOutput`` with the
   cross-entropy ``loss`` when labels are given, so the 🤗 ``Trainer`` trains these models and
   ``hf_gradinit`` finds the loss without a ``loss_fn``.
@@ -43,7 +53,7 @@ VGG_LAYOUTS: dict[int, list[int | str]] = {
 RESNET_DEPTHS = (20, 32, 44, 56, 110, 1202)
 MODEL_NAMES = tuple(
     [f"vgg{d}_{bn}" for d in VGG_LAYOUTS for bn in ("nobn", "bn")]
-    + [f"resnet{d}_{bn}" for d in RESNET_DEPTHS for bn in ("nobn", "bn")]
+    + [f"resnet{d}_{bn}" for d in RESNET_DEPTHS for bn in ("nobn", "bn", "nobn_paper")]
 )
 
 
@@ -132,21 +142,29 @@ class Shortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, stride: int, batch_norm: bool):
+    """``norm``: ``"bn"`` (BatchNorm after each convolution), ``"nobn"`` (the scalar biases and
+    multiplier of Fixup's block) or ``"nobn_paper"`` (convolutions with biases, nothing else)."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, norm: str):
         super().__init__()
-        self.batch_norm = batch_norm
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
-        if batch_norm:
+        self.norm = norm
+        conv_bias = norm == "nobn_paper"
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=conv_bias)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=conv_bias)
+        if norm == "bn":
             self.bn1, self.bn2 = nn.BatchNorm2d(out_ch), nn.BatchNorm2d(out_ch)
-        else:
+        elif norm == "nobn":
             self.bias1a, self.bias1b, self.bias2a, self.bias2b = (ScalarBias() for _ in range(4))
             self.scale = ScalarScale()
+        batch_norm = norm == "bn"
         self.shortcut = Shortcut(in_ch, out_ch, stride, batch_norm) if stride != 1 or in_ch != out_ch else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.batch_norm:
+        if self.norm == "bn":
             out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+            identity = x
+        elif self.norm == "nobn_paper":
+            out = self.conv2(F.relu(self.conv1(x)))
             identity = x
         else:
             x = self.bias1a(x)
@@ -159,27 +177,38 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(CifarClassifier):
-    def __init__(self, depth: int, batch_norm: bool, num_classes: int = 10, width_mult: float = 1.0):
+    """``norm`` as in ``BasicBlock``; ``batch_norm`` is kept as the old spelling of ``"bn"`` /
+    ``"nobn"``."""
+
+    def __init__(self, depth: int, batch_norm: bool | None = None, num_classes: int = 10, width_mult: float = 1.0,
+                 norm: str | None = None):  # fmt: skip
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"A CIFAR ResNet has depth 6n+2 (20, 32, 44, 56, 110, 1202, ...), not {depth}.")
+        if norm is None:
+            norm = "bn" if batch_norm else "nobn"
+        if norm not in ("bn", "nobn", "nobn_paper"):
+            raise ValueError(f"norm must be 'bn', 'nobn' or 'nobn_paper', not {norm!r}.")
         blocks = (depth - 2) // 6
         widths = [_channels(c, width_mult) for c in (16, 32, 64)]
-        self.batch_norm = batch_norm
-        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
-        self.stem = nn.BatchNorm2d(widths[0]) if batch_norm else ScalarBias()
+        self.norm = norm
+        self.batch_norm = norm == "bn"
+        self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=norm == "nobn_paper")
+        self.stem = {"bn": lambda: nn.BatchNorm2d(widths[0]), "nobn": ScalarBias, "nobn_paper": nn.Identity}[norm]()
         stages, in_ch = [], widths[0]
         for i, width in enumerate(widths):
-            stage = [BasicBlock(in_ch if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1, batch_norm)
+            stage = [BasicBlock(in_ch if j == 0 else width, width, 2 if (i > 0 and j == 0) else 1, norm)
                      for j in range(blocks)]  # fmt: skip
             stages.append(nn.Sequential(*stage))
             in_ch = width
         self.layer1, self.layer2, self.layer3 = stages
-        self.head_bias = nn.Identity() if batch_norm else ScalarBias()
+        self.head_bias = ScalarBias() if norm == "nobn" else nn.Identity()
         self.fc = nn.Linear(in_ch, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -192,26 +221,43 @@ class ResNet(CifarClassifier):
         return self.fc(self.head_bias(x))
 
 
-def check_model(name: str, width_mult: float = 1.0) -> tuple[str, int, bool]:
-    """``(family, depth, batch_norm)`` of a model name, or a ``ValueError`` saying what is valid."""
-    match = re.fullmatch(r"(vgg|resnet)(\d+)_(bn|nobn)", name)
+def _parse(name: str) -> tuple[str, int, str]:
+    """``(family, depth, norm)`` of a model name, or a ``ValueError`` saying what is valid."""
+    match = re.fullmatch(r"(vgg|resnet)(\d+)_(bn|nobn|nobn_paper)", name)
     depth = int(match.group(2)) if match else -1
-    valid = (match is not None) and (depth in VGG_LAYOUTS if match.group(1) == "vgg" else (depth - 2) % 6 == 0)
+    valid = (match is not None) and (
+        depth in VGG_LAYOUTS and match.group(3) != "nobn_paper" if match.group(1) == "vgg" else (depth - 2) % 6 == 0
+    )
     if not valid:
         raise ValueError(f"Unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)} (ResNets: any 6n+2 depth).")
+    return match.group(1), depth, match.group(3)
+
+
+def check_model(name: str, width_mult: float = 1.0) -> tuple[str, int, bool]:
+    """``(family, depth, batch_norm)`` of a model name, or a ``ValueError`` saying what is valid."""
+    kind, depth, norm = _parse(name)
     if width_mult <= 0:
         raise ValueError(f"width_mult must be positive, got {width_mult}.")
-    return match.group(1), depth, match.group(3) == "bn"
+    return kind, depth, norm == "bn"
 
 
 def build_model(name: str, num_classes: int = 10, width_mult: float = 1.0) -> CifarClassifier:
     """A model by name (see the module docstring), freshly initialised."""
-    kind, depth, batch_norm = check_model(name, width_mult)
-    cls = VGG if kind == "vgg" else ResNet
-    return cls(depth, batch_norm=batch_norm, num_classes=num_classes, width_mult=width_mult)
+    check_model(name, width_mult)
+    kind, depth, norm = _parse(name)
+    if kind == "vgg":
+        return VGG(depth, batch_norm=norm == "bn", num_classes=num_classes, width_mult=width_mult)
+    return ResNet(depth, norm=norm, num_classes=num_classes, width_mult=width_mult)
 
 
 def family(name: str) -> str:
-    """``"vgg"`` or ``"resnet"``, with ``"_bn"`` or ``"_nobn"``: the key of the GradInit presets."""
+    """``"vgg"`` or ``"resnet"``, with ``"_bn"`` or ``"_nobn"``: the key of the GradInit presets
+    (both no-BN ResNets are ``"resnet_nobn"``, as the authors' scripts give them one setting)."""
     kind, _, batch_norm = check_model(name)
     return f"{kind}_{'bn' if batch_norm else 'nobn'}"
+
+
+def is_paper_nobn_resnet(name: str) -> bool:
+    """Whether ``name`` is the authors' no-BN ResNet (``resnet{d}_nobn_paper``), which the paper's
+    recipe trains with its biases at a tenth of the learning rate and weight decay everywhere."""
+    return _parse(name)[2] == "nobn_paper"

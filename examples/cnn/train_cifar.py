@@ -4,14 +4,16 @@
 The paper's recipe is the default: SGD with momentum 0.9 at lr 0.1, cosine decay, batch 128,
 weight decay 1e-4 except on BatchNorm parameters (and the no-BN ResNets' scalar biases and
 multipliers), the training gradient clipped at norm 1 for networks without BatchNorm, test
-accuracy after every epoch. ``--model_init`` picks the initialiser (``default`` is Kaiming, the
-paper's baseline; ``gradinit``, ``metainit``, ``lsuv``, ...) and ``--warmup_epochs 1`` gives the
-paper's one-epoch warmup baseline, ``--const_lr_epochs 1`` its "+1 epoch (Const. LR)" one (one
-epoch at the constant ``--const_lr`` 0.01, then the schedule). GradInit gets the paper's
-per-model settings unless you set them: SGD target with the normalised step at eta =
---learning_rate, gamma 1, about one epoch of iterations on batches of 1.5x the training batch
-(two halves of the batch each), and the scale learning rate of the model's family (VGG 1e-2
-without BN, 1e-1 with; ResNet 5e-2 without BN, 1e-3 with).
+accuracy after every epoch; the authors' no-BN ResNet (``resnet*_nobn_paper``) with their rule
+for it: weight decay on every tensor, biases at a tenth of the learning rate. ``--model_init``
+picks the initialiser (``default`` is Kaiming, the paper's baseline; ``gradinit``, ``metainit``,
+``lsuv``, ...) and ``--warmup_epochs 1`` gives the paper's one-epoch warmup baseline,
+``--const_lr_epochs 1`` its "+1 epoch (Const. LR)" one (one epoch at the constant ``--const_lr``
+0.01, then the schedule). GradInit gets the paper's per-model settings unless you set them:
+SGD target with the normalised step at eta = --learning_rate, gamma 1, about one epoch of
+iterations on batches of 1.5x the training batch (two halves of the batch each), and the scale
+learning rate of the model's family (VGG 1e-2 without BN, 1e-1 with; ResNet 5e-2 without BN,
+1e-3 with).
 
 Reported: Acc1 (test accuracy after the first epoch), the best and the final test accuracy,
 the accuracy of every epoch, the initialiser's time and its share of the training time, in
@@ -85,7 +87,8 @@ SCRIPT_DEFAULTS: dict[str, Any] = {
 class ModelArguments:
     model: str = field(
         default="resnet20_bn",
-        metadata={"help": "vgg{11,13,16,19}_{bn,nobn} or resnet{20,32,44,56,110,1202,...}_{bn,nobn}."},
+        metadata={"help": "vgg{11,13,16,19}_{bn,nobn} or resnet{20,32,44,56,110,1202,...}_{bn,nobn,nobn_paper}"
+            " (nobn_paper: the authors' no-BN ResNet of the paper's table; nobn: Fixup's structure)."},
     )
     width_mult: float = field(default=1.0, metadata={"help": "Multiply every channel count (narrow CPU versions)."})
 
@@ -202,7 +205,7 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
     started = time.time()
     kind = validate(model_args, data_args, recipe, training_args, init_args)  # before the data, which may take a while
     import numpy as np
-    from cifar_models import build_model
+    from cifar_models import build_model, is_paper_nobn_resnet
     from cifar_trainer import CifarTrainer
     from reporting import machine_description
     from script_support import finish_run, initializer_figures, prepare_run
@@ -248,6 +251,7 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
             compute_metrics=compute_metrics,
             const_lr_steps=round(recipe.const_lr_epochs * steps_per_epoch),
             const_lr=recipe.const_lr,
+            paper_nobn_resnet=is_paper_nobn_resnet(model_args.model),
             **trainer_init_kwargs(init_args, training_args, model=model),
         )
     )
