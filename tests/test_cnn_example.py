@@ -32,7 +32,7 @@ TINY = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["vgg11_nobn", "vgg19_bn", "resnet20_nobn", "resnet56_bn"])
+@pytest.mark.parametrize("name", ["vgg11_nobn", "vgg19_bn", "resnet20_nobn", "resnet56_bn", "resnet20_nobn_paper"])
 def test_architectures_forward_backward(name):
     torch.manual_seed(0)
     model = build_model(name, width_mult=0.25)
@@ -59,6 +59,59 @@ def test_resnet_without_bn_has_scalar_biases_and_a_multiplier_per_branch():
     scalars = [n for n, p in model.named_parameters() if p.numel() == 1]
     assert len(scalars) == 9 * 5 + 2  # 4 biases + 1 multiplier per block; stem and head biases
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_the_papers_no_bn_resnet_is_the_authors_plain_network():
+    """resnet*_nobn_paper: the BatchNorm ResNet without its BatchNorms, a zero bias on every
+    convolution, no scalar biases or multipliers; a block computes relu(conv2(relu(conv1 x)) + x)."""
+    torch.manual_seed(0)
+    model = build_model("resnet110_nobn_paper")
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(1.73, abs=0.01)
+    assert not [n for n, p in model.named_parameters() if p.numel() == 1]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 109 and all(c.bias is not None and not c.bias.any() for c in convs)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    w = model.layer2[3].conv1.weight  # 32 -> 32 channels: Kaiming fan_out
+    assert w.std().item() == pytest.approx(math.sqrt(2 / (32 * 9)), rel=0.03)
+    block = model.layer1[1]
+    with torch.no_grad():
+        for c in (block.conv1, block.conv2):
+            c.bias.normal_()  # so the biases take part in what is checked
+        x = torch.randn(2, 16, 8, 8)
+        expected = torch.relu(block.conv2(torch.relu(block.conv1(x))) + x)
+        assert torch.allclose(block(x), expected)
+    assert "resnet110_nobn_paper" in MODEL_NAMES and "vgg19_nobn_paper" not in MODEL_NAMES
+    with pytest.raises(ValueError, match="choose one of"):
+        build_model("vgg19_nobn_paper")
+
+
+def test_the_papers_no_bn_resnet_trains_with_the_authors_optimizer_rule():
+    """The authors' train_cifar.py for a ResNet with --no_bn: every bias at a tenth of the lr,
+    weight decay on every tensor; the schedule scales each group from its own lr."""
+    from cifar_trainer import CifarTrainer
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir="unused", learning_rate=0.1, optim="sgd", optim_args="momentum=0.9",
+                             weight_decay=1e-4, report_to="none", lr_scheduler_type="cosine")  # fmt: skip
+    model = build_model("resnet20_nobn_paper", width_mult=0.25)
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimizer = CifarTrainer(model=model, args=args, paper_nobn_resnet=True).create_optimizer()
+    groups = [(g["lr"], g["weight_decay"], {names[id(p)] for p in g["params"]}) for g in optimizer.param_groups]
+    groups = [g for g in groups if g[2]]
+    biases = {n for n in names.values() if n.endswith(".bias")}
+    assert len(biases) == 20  # 19 convolutions and the classifier
+    assert [(lr, wd) for lr, wd, _ in groups] == [(0.1, 1e-4), (pytest.approx(0.01), 1e-4)]
+    assert groups[0][2] == set(names.values()) - biases and groups[1][2] == biases
+    trainer = CifarTrainer(model=model, args=args, paper_nobn_resnet=True)
+    optimizer = trainer.create_optimizer()
+    trainer.create_scheduler(10, optimizer)
+    optimizer.step()
+    trainer.lr_scheduler.step()
+    lrs = [g["lr"] for g in optimizer.param_groups if g["params"]]
+    assert lrs[1] == pytest.approx(lrs[0] / 10) and lrs[0] < 0.1
+    # Every other model keeps the project's rule: one lr, no decay on scalars and norms.
+    other = CifarTrainer(model=build_model("resnet20_nobn", width_mult=0.25), args=args).create_optimizer()
+    assert {g["lr"] for g in other.param_groups} == {0.1}
 
 
 def test_default_init_is_kaiming_fan_out():
@@ -105,7 +158,13 @@ def _train(tmp_path, *argv: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("model", "init"), [("resnet20_bn", "default"), ("vgg11_nobn", "gradinit"), ("resnet20_nobn", "fixup")]
+    ("model", "init"),
+    [
+        ("resnet20_bn", "default"),
+        ("vgg11_nobn", "gradinit"),
+        ("resnet20_nobn", "fixup"),
+        ("resnet20_nobn_paper", "gradinit"),
+    ],
 )
 def test_train_script_end_to_end_on_builtin_data(tmp_path, capsys, recwarn, model, init):
     results = _train(tmp_path, "--model", model, "--model_init", init, "--gradinit_iters", "3")
@@ -128,8 +187,10 @@ def test_train_script_end_to_end_on_builtin_data(tmp_path, capsys, recwarn, mode
     assert results["machine"] and results["command"] and results["wall_time_s"] > 0
     if init == "gradinit":
         config = results["init_config"]
-        # the paper's VGG-without-BN preset; SGD target with the normalised step at the training lr
-        assert (config["lr"], config["target"], config["eta"], config["normalize_step"]) == (1e-2, "sgd", 0.1, True)
+        # the paper's preset (VGG without BN 1e-2, ResNet without BN 5e-2); SGD target with the
+        # normalised step at the training lr
+        preset = 1e-2 if model.startswith("vgg") else 5e-2
+        assert (config["lr"], config["target"], config["eta"], config["normalize_step"]) == (preset, "sgd", 0.1, True)
         assert config["gamma"] == 1.0 and config["iters"] == 3
         assert results["init_seconds"] > 0 and results["init_fraction_of_train_runtime"] > 0
     else:

@@ -22,7 +22,7 @@ def test_the_cifar_plan_is_the_papers_table_seed_0_first():
     plan = gpu_session.cifar_plan(smoke=False)
     assert len(plan) == len(set(plan))
     columns = {m for m, _, _ in plan}
-    assert columns == set(gpu_session.CIFAR_COLUMNS)
+    assert columns == set(gpu_session.CIFAR_COLUMNS) | {"resnet110_nobn"}  # Fixup's own network
     for model in gpu_session.CIFAR_COLUMNS:  # every column, every row of the paper, two seeds
         for variant in gpu_session.PAPER_INITS:
             assert {(model, variant, 0), (model, variant, 1)} <= set(plan)
@@ -30,7 +30,8 @@ def test_the_cifar_plan_is_the_papers_table_seed_0_first():
     main = set(gpu_session.CIFAR_COLUMNS[:4])
     assert all(s == 0 for m, _, s in plan[:first_seed_1]) and len(plan[:first_seed_1]) == 4 * 5
     assert all(m in main for m, _, _ in plan[:first_seed_1])
-    assert {m for m, v, _ in plan if v == "fixup"} == {"resnet110_nobn"}  # Fixup needs a no-BN ResNet
+    assert {m for m, v, _ in plan if v == "fixup"} == {"resnet110_nobn"}  # Fixup needs its multipliers
+    assert "resnet110_nobn_paper" in gpu_session.CIFAR_COLUMNS  # the paper's column: the authors' network
     for _, variant, _ in plan:
         assert variant.split("+")[0] in available_initializers()
 

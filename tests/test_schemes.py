@@ -172,6 +172,11 @@ def test_fixup_reads_a_models_own_branches_and_refuses_what_it_cannot_read():
     assert all(torch.equal(before[n], p) for n, p in with_bn.state_dict().items())
     with pytest.raises(GradInitError, match="found no residual branch"):
         fixup_init(torch.nn.Sequential(torch.nn.Linear(3, 3)))
+    plain = _cifar_models().build_model("resnet20_nobn_paper", width_mult=0.25)  # the paper's: no multipliers
+    before = {n: p.clone() for n, p in plain.state_dict().items()}
+    with pytest.raises(GradInitError, match=r"9 residual blocks .* without the scalar multiplier"):
+        fixup_init(plain)
+    assert all(torch.equal(before[n], p) for n, p in plain.state_dict().items())
 
 
 def test_tfixup_matches_the_formulas_and_removes_layernorm():

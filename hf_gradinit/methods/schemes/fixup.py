@@ -61,12 +61,16 @@ def fixup_branches(model: nn.Module) -> list[list[nn.Module]]:
         ]
     norms = [n for n, m in model.named_modules() if isinstance(m, _NORMS)]
     if not branches or norms:
-        why = (
-            f"it has normalisation layers ({', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''}), which Fixup"
-            " replaces: use it on the network without them"
-            if norms
-            else "it found no residual branch"
-        )
+        unscaled = [m for m in model.modules() if isinstance(getattr(m, "conv1", None), nn.Module)
+                    and isinstance(getattr(m, "conv2", None), nn.Module)]  # fmt: skip
+        if norms:
+            why = (f"it has normalisation layers ({', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''}), which"
+                   " Fixup replaces: use it on the network without them")  # fmt: skip
+        elif unscaled:
+            why = (f"it has {len(unscaled)} residual blocks (conv1, conv2) without the scalar multiplier `scale`"
+                   " (and scalar biases) that Fixup adds to every branch: build the network with them")  # fmt: skip
+        else:
+            why = "it found no residual branch"
         raise GradInitError(
             f"fixup cannot initialise {type(model).__name__}: {why}. It reads blocks with conv1, conv2 and a scalar"
             " multiplier `scale` (the no-BN CIFAR ResNets of examples/cnn), or a model's fixup_branches() method"
