@@ -339,6 +339,11 @@ def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
     table = (tmp_path / "sweep" / "results.md").read_text()
     assert "| default | Acc1 |" in table and "| gradinit+warmup | Acc_best |" in table and "(n=2)" in table
     assert (tmp_path / "sweep" / "accuracy.png").stat().st_size > 0
+    assert all(r["loss_curve"] and r["loss_curve"][0][0] == 1 for r in records)  # kept: loss.png reads it
+    assert (tmp_path / "sweep" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not sweep_cifar.write_loss_plot([{**records[0], "loss_curve": None}], tmp_path / "none.png",
+                                           ["resnet20_nobn"], ["default"])  # fmt: skip
+    assert not (tmp_path / "none.png").exists()
     capsys.readouterr()
     again = sweep_cifar.main(argv)
     assert len(again) == 4 and "4 runs already done, 0 to go" in capsys.readouterr().out

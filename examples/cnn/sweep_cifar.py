@@ -6,9 +6,10 @@ A variant is ``INIT[+warmup|+constlr]``: ``INIT`` any registered initialiser (``
 Kaiming), ``+warmup`` adds ``--warmup_epochs 1`` (the paper's warmup baseline), ``+constlr``
 ``--const_lr_epochs 1`` (its "+1 epoch (Const. LR)" baseline). Every finished run is
 appended to ``results.jsonl`` in ``--out``, so running the same command again resumes a half-done
-sweep; ``results.md`` (the table) and ``accuracy.png`` (test accuracy over the first epochs, one
-panel per model) are rewritten from everything in the file. Arguments after ``--`` go to every
-run unchanged.
+sweep; ``results.md`` (the table), ``accuracy.png`` (test accuracy over the first epochs, one
+panel per model) and ``loss.png`` (the training loss of those epochs, log scale: a network
+without BatchNorm can start at a loss of 1e8; the whole run) are rewritten from everything in
+the file. Arguments after ``--`` go to every run unchanged.
 
     python examples/cnn/sweep_cifar.py --out runs/cifar_sweep --models resnet20_bn vgg11_bn \\
         --variants default default+warmup gradinit metainit --seeds 0 1 2 --jobs 2 --threads_per_run 1 \\
@@ -34,8 +35,9 @@ from reporting import mean_std, run_recorded, run_sweep, sweep_parser  # noqa: E
 
 from hf_gradinit import available_initializers  # noqa: E402
 
-KEPT = ("acc1", "acc_best", "acc_final", "accuracy_curve", "train_loss", "train_runtime", "init_seconds",
-        "init_fraction_of_train_runtime", "parameters", "train_samples", "test_samples", "machine")  # fmt: skip
+KEPT = ("acc1", "acc_best", "acc_final", "accuracy_curve", "loss_curve", "train_loss", "train_runtime",
+        "init_seconds", "init_fraction_of_train_runtime", "parameters", "train_samples", "test_samples",
+        "machine")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,17 @@ def write_table(records: list[dict[str, Any]], path: Path, models: list[str], va
     path.write_text("\n".join(lines) + "\n")
 
 
-def write_plot(records: list[dict[str, Any]], path: Path, epochs: int, models: list[str], variants: list[str]) -> None:
+def _curves(records: list[dict[str, Any]], model: str, variants: list[str], curve_of: Any):
+    """(colour index, label or None, points) of every run of ``model``, one colour a variant."""
+    for i, variant in enumerate(variants):
+        for j, r in enumerate(x for x in records if x["model"] == model and x["variant"] == variant):
+            points = curve_of(r)
+            if points:
+                yield i, (variant if j == 0 else None), points
+
+
+def _panels(records, path: Path, models: list[str], variants: list[str], curve_of: Any, xlabel: str, ylabel: str,
+            log_y: bool = False) -> None:  # fmt: skip
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,21 +140,41 @@ def write_plot(records: list[dict[str, Any]], path: Path, epochs: int, models: l
 
     fig, axes = plt.subplots(1, len(models), figsize=(4.8 * len(models), 3.8), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
-        for i, variant in enumerate(variants):
-            for j, r in enumerate(x for x in records if x["model"] == model and x["variant"] == variant):
-                curve = [(e, a) for e, a in (r.get("accuracy_curve") or []) if e <= epochs]
-                if curve:
-                    ax.plot(*zip(*curve, strict=True), color=f"C{i}", marker="o", ms=3, alpha=0.75,
-                            label=variant if j == 0 else None)  # fmt: skip
+        for i, label, points in _curves(records, model, variants, curve_of):
+            ax.plot(*zip(*points, strict=True), color=f"C{i}", marker="o", ms=2 if log_y else 3, alpha=0.75,
+                    label=label)  # fmt: skip
         ax.set_title(model)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if log_y:
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_plot(records: list[dict[str, Any]], path: Path, epochs: int, models: list[str], variants: list[str]) -> None:
+    """Test accuracy over the first ``epochs`` epochs, a panel per model."""
+    def curve(r: dict[str, Any]) -> list[tuple[float, float]]:
+        return [(e, a) for e, a in (r.get("accuracy_curve") or []) if e <= epochs]
+
+    _panels(records, path, models, variants, curve, "epoch", "test accuracy (%)")
+
+
+def write_loss_plot(records: list[dict[str, Any]], path: Path, models: list[str], variants: list[str]) -> bool:
+    """The training loss of every run (log scale), a panel per model; False (and nothing
+    written) when no record holds a loss curve (records from before they were kept)."""
+
+    def curve(r: dict[str, Any]) -> list[tuple[float, float]]:
+        return [(s, v) for s, v in (r.get("loss_curve") or []) if v > 0]
+
+    if not any(curve(r) for r in records):
+        return False
+    _panels(records, path, models, variants, curve, "update", "training loss (log scale)", log_y=True)
+    return True
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
@@ -175,6 +207,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         variants = _ordered([r["variant"] for r in records], args.variants)
         write_table(records, args.out / "results.md", models, variants)
         write_plot(records, args.out / "accuracy.png", args.plot_epochs, models, variants)
+        write_loss_plot(records, args.out / "loss.png", models, variants)
         print((args.out / "results.md").read_text())
     return records
 
