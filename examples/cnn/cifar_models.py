@@ -177,22 +177,17 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(CifarClassifier):
-    """``norm`` as in ``BasicBlock``; ``batch_norm`` is kept as the old spelling of ``"bn"`` /
-    ``"nobn"``."""
+    """``norm`` as in ``BasicBlock``."""
 
-    def __init__(self, depth: int, batch_norm: bool | None = None, num_classes: int = 10, width_mult: float = 1.0,
-                 norm: str | None = None):  # fmt: skip
+    def __init__(self, depth: int, norm: str, num_classes: int = 10, width_mult: float = 1.0):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"A CIFAR ResNet has depth 6n+2 (20, 32, 44, 56, 110, 1202, ...), not {depth}.")
-        if norm is None:
-            norm = "bn" if batch_norm else "nobn"
         if norm not in ("bn", "nobn", "nobn_paper"):
             raise ValueError(f"norm must be 'bn', 'nobn' or 'nobn_paper', not {norm!r}.")
         blocks = (depth - 2) // 6
         widths = [_channels(c, width_mult) for c in (16, 32, 64)]
         self.norm = norm
-        self.batch_norm = norm == "bn"
         self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=norm == "nobn_paper")
         self.stem = {"bn": lambda: nn.BatchNorm2d(widths[0]), "nobn": ScalarBias, "nobn_paper": nn.Identity}[norm]()
         stages, in_ch = [], widths[0]
@@ -221,7 +216,7 @@ class ResNet(CifarClassifier):
         return self.fc(self.head_bias(x))
 
 
-def _parse(name: str) -> tuple[str, int, str]:
+def _parse(name: str, width_mult: float = 1.0) -> tuple[str, int, str]:
     """``(family, depth, norm)`` of a model name, or a ``ValueError`` saying what is valid."""
     match = re.fullmatch(r"(vgg|resnet)(\d+)_(bn|nobn|nobn_paper)", name)
     depth = int(match.group(2)) if match else -1
@@ -230,21 +225,20 @@ def _parse(name: str) -> tuple[str, int, str]:
     )
     if not valid:
         raise ValueError(f"Unknown model {name!r}: choose one of {', '.join(MODEL_NAMES)} (ResNets: any 6n+2 depth).")
+    if width_mult <= 0:
+        raise ValueError(f"width_mult must be positive, got {width_mult}.")
     return match.group(1), depth, match.group(3)
 
 
 def check_model(name: str, width_mult: float = 1.0) -> tuple[str, int, bool]:
     """``(family, depth, batch_norm)`` of a model name, or a ``ValueError`` saying what is valid."""
-    kind, depth, norm = _parse(name)
-    if width_mult <= 0:
-        raise ValueError(f"width_mult must be positive, got {width_mult}.")
+    kind, depth, norm = _parse(name, width_mult)
     return kind, depth, norm == "bn"
 
 
 def build_model(name: str, num_classes: int = 10, width_mult: float = 1.0) -> CifarClassifier:
     """A model by name (see the module docstring), freshly initialised."""
-    check_model(name, width_mult)
-    kind, depth, norm = _parse(name)
+    kind, depth, norm = _parse(name, width_mult)
     if kind == "vgg":
         return VGG(depth, batch_norm=norm == "bn", num_classes=num_classes, width_mult=width_mult)
     return ResNet(depth, norm=norm, num_classes=num_classes, width_mult=width_mult)

@@ -7,9 +7,9 @@ Kaiming), ``+warmup`` adds ``--warmup_epochs 1`` (the paper's warmup baseline), 
 ``--const_lr_epochs 1`` (its "+1 epoch (Const. LR)" baseline). Every finished run is
 appended to ``results.jsonl`` in ``--out``, so running the same command again resumes a half-done
 sweep; ``results.md`` (the table), ``accuracy.png`` (test accuracy over the first epochs, one
-panel per model) and ``loss.png`` (the training loss of those epochs, log scale: a network
-without BatchNorm can start at a loss of 1e8; the whole run) are rewritten from everything in
-the file. Arguments after ``--`` go to every run unchanged.
+panel per model) and ``loss.png`` (the training loss of every whole run, log scale: a network
+without BatchNorm can start at a loss of 1e8) are rewritten from everything in the file.
+Arguments after ``--`` go to every run unchanged.
 
     python examples/cnn/sweep_cifar.py --out runs/cifar_sweep --models resnet20_bn vgg11_bn \\
         --variants default default+warmup gradinit metainit --seeds 0 1 2 --jobs 2 --threads_per_run 1 \\

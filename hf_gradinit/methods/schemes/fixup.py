@@ -45,6 +45,11 @@ def _numbered_convs(block: nn.Module) -> list[nn.Module]:
     return convs
 
 
+def _has_convs(module: nn.Module) -> bool:
+    """A residual block's shape as Fixup reads it: ``conv1`` and ``conv2`` submodules."""
+    return all(isinstance(getattr(module, name, None), nn.Module) for name in ("conv1", "conv2"))
+
+
 def fixup_branches(model: nn.Module) -> list[list[nn.Module]]:
     """The residual branches of ``model`` as lists of their weight layers, or a
     :class:`~hf_gradinit.GradInitError` saying what Fixup can read."""
@@ -55,19 +60,16 @@ def fixup_branches(model: nn.Module) -> list[list[nn.Module]]:
         branches = [
             _numbered_convs(m)
             for m in model.modules()
-            if isinstance(getattr(m, "conv1", None), nn.Module)
-            and isinstance(getattr(m, "conv2", None), nn.Module)
-            and isinstance(getattr(getattr(m, "scale", None), "weight", None), nn.Parameter)
+            if _has_convs(m) and isinstance(getattr(getattr(m, "scale", None), "weight", None), nn.Parameter)
         ]
     norms = [n for n, m in model.named_modules() if isinstance(m, _NORMS)]
     if not branches or norms:
-        unscaled = [m for m in model.modules() if isinstance(getattr(m, "conv1", None), nn.Module)
-                    and isinstance(getattr(m, "conv2", None), nn.Module)]  # fmt: skip
+        unscaled = sum(_has_convs(m) for m in model.modules())
         if norms:
             why = (f"it has normalisation layers ({', '.join(norms[:3])}{', ...' if len(norms) > 3 else ''}), which"
                    " Fixup replaces: use it on the network without them")  # fmt: skip
         elif unscaled:
-            why = (f"it has {len(unscaled)} residual blocks (conv1, conv2) without the scalar multiplier `scale`"
+            why = (f"it has {unscaled} residual blocks (conv1, conv2) without the scalar multiplier `scale`"
                    " (and scalar biases) that Fixup adds to every branch: build the network with them")  # fmt: skip
         else:
             why = "it found no residual branch"
