@@ -315,6 +315,43 @@ def test_image_folder_reads_as_datasets_imagefolder_does(tmp_path, monkeypatch):
     )
 
 
+def test_runs_started_together_share_one_cache(tmp_path, monkeypatch):
+    """Sweeps start runs side by side, and each decodes a stale cache (the shared archive is
+    re-placed every session): the two writes must not collide. Both saves finish before either
+    rename, the order in which one temporary file for all made the second run fail."""
+    import tarfile
+    import threading
+
+    _image_folder(tmp_path / "data", ("a", "b"), per_class=2)
+    archive = tmp_path / "cifar.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "data", arcname="cifar")
+    both_saved = threading.Barrier(2, timeout=30)
+    real_save = torch.save
+
+    def save_then_wait(*args, **kwargs):
+        real_save(*args, **kwargs)
+        both_saved.wait()
+
+    monkeypatch.setattr(torch, "save", save_then_wait)
+    outcomes: list[object] = []
+
+    def load() -> None:
+        try:
+            outcomes.append(cifar_data.load_cifar(archive, tmp_path / "cache")[0]["train"][1].tolist())
+        except Exception as err:  # reported below, with the other thread's outcome
+            outcomes.append(err)
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes == [[0, 0, 1, 1]] * 2, outcomes
+    left = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(left) == 2 and left[0] == "cifar" and left[1].startswith("decoded-cifar-") and left[1].endswith(".pt")
+
+
 def test_image_folders_with_different_classes_are_refused(tmp_path):
     _image_folder(tmp_path / "data", ("a", "b"), per_class=1)
     (tmp_path / "data" / "test" / "b").rename(tmp_path / "data" / "test" / "c")

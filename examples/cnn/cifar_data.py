@@ -21,7 +21,10 @@ paper's augmentation, all in plain torch (no torchvision needed).
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
+import tempfile
+import threading
 from pathlib import Path
 
 import torch
@@ -48,15 +51,28 @@ def _extract(archive: Path, cache_dir: Path) -> Path:
     target = cache_dir / archive.name.split(".")[0]
     done = target / ".extracted"
     if not done.exists():
-        target.mkdir(parents=True, exist_ok=True)
+        # Runs started side by side extract at once: each into its own folder, then one rename
+        # publishes a complete copy (extracting in place let a run read files another was still
+        # writing).
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_dir))
         try:
             with tarfile.open(archive) as tar:
                 # The "data" filter refuses absolute paths and links out of the folder.
                 kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-                tar.extractall(target, **kwargs)
+                tar.extractall(staging, **kwargs)
+            (staging / ".extracted").touch()
+            if target.exists() and not done.exists():
+                shutil.rmtree(target, ignore_errors=True)  # an interrupted extraction
+            try:
+                staging.rename(target)
+            except OSError:
+                if not done.exists():  # not another run's finished copy: a real failure
+                    raise
         except (OSError, tarfile.TarError) as err:
             raise DataError(f"Cannot extract {archive}: {err}") from err
-        done.touch()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     for root in (target, *sorted(p for p in target.iterdir() if p.is_dir())):
         if (root / "train").is_dir():
             return root
@@ -151,7 +167,9 @@ def load_cifar(
     if all(n is None for n in wanted.values()):
         splits = {k: _decode(listed[k][0]) for k in wanted}
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = decoded.with_suffix(".tmp")
+        # A name of its own: runs started side by side all decode a stale cache, and a shared
+        # temporary file was moved away under the second one's rename.
+        tmp = decoded.with_name(f"{decoded.stem}.{os.getpid()}-{threading.get_ident()}.tmp")
         torch.save({**{f"{k}_{n}": v for k, (im, lb) in splits.items() for n, v in (("images", im), ("labels", lb))},
                     "names": names}, tmp)  # fmt: skip
         tmp.replace(decoded)  # atomic: a concurrent run never reads half a file
