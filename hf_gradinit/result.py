@@ -249,8 +249,9 @@ class ScalesResult:
             )
         if set(norms) != set(scales):
             raise ValueError(f"{where!r}: 'scales' and 'init_norms' must name the same tensors.")
-        probe = cls(**{k: data[k] for k in cls.required_fields})
         config = data.get("config") or {}
+        # kind_of may read the run's config (which tensors a variant bounds how).
+        probe = cls(**{"config": config, **{k: data[k] for k in cls.required_fields}})
         # The scales are learned in float32 and clamped there: a scale at its bound may sit one
         # float32 rounding below it (0.01 is stored as 0.00999999977).
         tolerance = 1e-6

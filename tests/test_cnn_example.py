@@ -388,6 +388,30 @@ def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
         sweep_cifar.main(["--out", str(tmp_path / "x"), "--variants", "magic"])
 
 
+def test_sweep_variant_options_reach_the_initialiser(tmp_path, capsys):
+    """``INIT:KEY=VALUE,...`` runs the initialiser with ``--INIT_KEY VALUE``: here MetaInit as
+    the GradInit authors ran it, on the paper's no-BN ResNet, next to the plain variant name."""
+    pytest.importorskip("matplotlib")
+    import sweep_cifar
+
+    variant = "metainit:optimizer=adam,steps=2+warmup"
+    run = sweep_cifar.Run("resnet20_nobn_paper", variant, 0)
+    assert run.init == "metainit" and sweep_cifar.init_options(variant) == [("optimizer", "adam"), ("steps", "2")]
+    records = sweep_cifar.main([
+        "--out", str(tmp_path / "sweep"), "--models", "resnet20_nobn_paper", "--variants", variant, "--seeds", "0",
+        "--jobs", "1", "--", *TINY, "--num_train_epochs", "1",
+    ])  # fmt: skip
+    assert [r["returncode"] for r in records] == [0]
+    assert "--metainit_optimizer adam --metainit_steps 2 --warmup_epochs 1" in records[0]["command"]
+    saved = json.loads((tmp_path / "sweep" / "runs" / run.key / "all_results.json").read_text())
+    assert (saved["init_config"]["optimizer"], saved["init_config"]["lr"], saved["metainit/steps"]) == ("adam", 1e-3, 2)
+    assert f"| {variant} | Acc1 |" in (tmp_path / "sweep" / "results.md").read_text()
+    for bad in ("metainit:optimizer", "magic:steps=2"):
+        with pytest.raises(SystemExit):
+            sweep_cifar.main(["--out", str(tmp_path / "x"), "--variants", bad])
+    assert "is not KEY=VALUE" in capsys.readouterr().err
+
+
 def test_const_lr_epoch_runs_at_the_constant_lr_then_the_schedule_from_its_peak(tmp_path):
     import cifar_trainer
     from transformers import TrainingArguments

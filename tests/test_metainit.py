@@ -50,8 +50,8 @@ def norm_gradient(model, infos, batch, loss_fn, hvp, factors=None):
         run.setup(prepared, batch)
         if factors is not None:
             run.norms = run.init_norms * torch.tensor(factors, dtype=torch.float64)
-        gq, _, d_norm = run.quotient(batch)
-    return float(gq), d_norm, [infos[i].name for i in run.scaled_idx], run.scales
+        gq, _, d_scale = run.quotient(batch)
+    return float(gq), d_scale / run.init_norms, [infos[i].name for i in run.scaled_idx], run.scales
 
 
 def reference_gq(model, batch, loss_fn, scales: dict[str, float]) -> float:
@@ -212,6 +212,68 @@ def test_norms_stay_within_bounds():
     assert any(a in (pytest.approx(0.5), pytest.approx(1.5)) for a in result.scales.values())
 
 
+def authors_adam_metainit(model: nn.Module, batches: list, steps: int, lr: float, clip: float) -> dict[str, float]:
+    """The GradInit authors' MetaInit loop (``metainit`` and ``RescaleAdam`` of zhuchen03/gradinit),
+    written out independently on the live parameters: GQ from a double backward, the scale
+    gradient ``<dGQ/dp, p> * ||p0|| / ||p||``, clipped, bias-corrected Adam on the scale,
+    ``max(alpha, 0.01)`` for weights and ``max(alpha, 0)`` for biases, zero tensors left alone."""
+    params = dict(model.named_parameters())
+    state = {n: {"alpha": 1.0, "init": float(p.detach().norm()), "m": 0.0, "v": 0.0} for n, p in params.items()}
+    for t in range(1, steps + 1):
+        x, y = batches[(t - 1) % len(batches)]
+        loss = nn.functional.cross_entropy(model(x), y)
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        prods = torch.autograd.grad(sum((g**2).sum() / 2 for g in grads), list(params.values()), create_graph=True)
+        eps = 1e-5
+        gq = sum(((g - hg) / (g + eps * (2 * (g >= 0).double() - 1).detach()) - 1).abs().sum()
+                 for g, hg in zip(grads, prods, strict=True)) / sum(p.numel() for p in params.values())  # fmt: skip
+        dgq = torch.autograd.grad(gq, list(params.values()))
+        with torch.no_grad():
+            for (name, p), d in zip(params.items(), dgq, strict=True):
+                st, norm = state[name], float(p.norm())
+                if st["init"] == 0 or norm == 0:
+                    continue
+                g = max(min(float((d * p).sum()) * st["init"] / norm, clip), -clip)
+                st["m"] = 0.9 * st["m"] + 0.1 * g
+                st["v"] = 0.999 * st["v"] + 0.001 * g * g
+                step = lr / (1 - 0.9**t)
+                low = 0.0 if "bias" in name else 0.01
+                st["alpha"] = max(st["alpha"] - step * st["m"] / (math.sqrt(st["v"] / (1 - 0.999**t)) + 1e-8), low)
+                p.mul_(st["alpha"] * st["init"] / norm)
+    return {n: st["alpha"] for n, st in state.items()}
+
+
+def test_adam_variant_is_the_gradinit_authors_metainit():
+    """optimizer="adam" takes the steps of the GradInit authors' MetaInit (their Table 1's
+    MetaInit rows), 1-D tensors and biases included; a clip that binds is part of the check."""
+    batches = mlp_batches(3)
+    result = metainit(smooth_mlp(0), batches, quiet(optimizer="adam", steps=5, lr=0.05, clip=0.02), loss_fn=xent)
+    expected = authors_adam_metainit(smooth_mlp(0), batches, steps=5, lr=0.05, clip=0.02)
+    assert set(result.scales) == set(expected) == {n for n, _ in smooth_mlp(0).named_parameters()}
+    for name, alpha in expected.items():
+        # float64 throughout; the two evaluate the same GQ by different graphs (LayerNorm is
+        # decomposed here for its third derivative), so they agree to rounding, not bit for bit
+        assert result.scales[name] == pytest.approx(alpha, rel=1e-7, abs=1e-12), name
+    assert len({round(a, 6) for a in expected.values()}) > 2  # the steps differ between tensors
+    assert result.config["optimizer"] == "adam" and result.config["lr"] == 0.05
+    # without a binding clip the first Adam step is lr * sign(dGQ/dalpha) for every tensor
+    one = metainit(smooth_mlp(0), batches, quiet(optimizer="adam", steps=1, lr=0.05), loss_fn=xent)
+    assert all(a == pytest.approx(0.95) or a == pytest.approx(1.05) for a in one.scales.values())
+
+
+def test_adam_variant_result_reapplies_and_keeps_bias_bounds(tmp_path):
+    model = smooth_mlp(0)
+    result = metainit(model, mlp_batches(2), quiet(optimizer="adam", steps=30, lr=0.5, min_scale=0.5), loss_fn=xent)
+    # biases are bounded by 0 (the authors' choice), everything else by min_scale
+    assert any(n.endswith("bias") and a < 0.5 for n, a in result.scales.items()), result.scales
+    assert all(a >= 0.5 * (1 - 1e-6) for n, a in result.scales.items() if n.endswith("weight"))
+    assert min(result.scales.values()) >= 0.0
+    loaded = MetaInitResult.load(result.save(tmp_path / "adam.json"))
+    fresh = apply_scales(smooth_mlp(0), loaded)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), fresh.parameters(), strict=True))
+    assert MetaInitConfig().lr == 0.1 and MetaInitConfig(optimizer="adam").lr == 1e-3
+
+
 # --- random inputs -------------------------------------------------------------------------
 def test_randomize_batch_keeps_structure():
     labels = torch.tensor([[4, 7, -100], [5, -100, -100]])
@@ -347,6 +409,9 @@ def test_bad_input_is_refused_before_any_work():
         dict(min_scale=0.5, max_scale=0.1),
         dict(exclude=("(",)),
         dict(fd_eps=0.0),
+        dict(optimizer="sgd"),
+        dict(optimizer="adam", clip=-1),
+        dict(betas=(0.9, 1.0)),
     ):
         with pytest.raises(ValueError):
             MetaInitConfig(**bad)

@@ -468,6 +468,9 @@ def test_parse_every_initialisers_own_options(tmp_path):
     config = init.initializer_config()
     assert isinstance(config, MetaInitConfig)
     assert (config.lr, config.steps, config.hvp, config.random_inputs) == (0.01, 7, "finite_difference", True)
+    _, init = parse(tmp_path, "--model_init", "metainit", "--metainit_optimizer", "adam", "--metainit_clip", "0.5")
+    config = init.initializer_config()
+    assert (config.optimizer, config.lr, config.clip, config.momentum) == ("adam", 1e-3, 0.5, 0.9)
     with pytest.raises(ValueError, match="both --gradinit_beta1 and --gradinit_beta2"):
         parse(tmp_path, "--model_init", "gradinit", "--gradinit_beta2", "0.95")
 

@@ -2,9 +2,10 @@
 """The paper's CIFAR-10 comparison in one harness: initialisations x models x seeds, each a
 ``train_cifar.py`` run, reported like the paper's Table 1 (Acc1 and Acc_best, mean ± std).
 
-A variant is ``INIT[+warmup|+constlr]``: ``INIT`` any registered initialiser (``default`` is
-Kaiming), ``+warmup`` adds ``--warmup_epochs 1`` (the paper's warmup baseline), ``+constlr``
-``--const_lr_epochs 1`` (its "+1 epoch (Const. LR)" baseline). Every finished run is
+A variant is ``INIT[:KEY=VALUE,...][+warmup|+constlr]``: ``INIT`` any registered initialiser
+(``default`` is Kaiming), each ``KEY=VALUE`` its option ``--INIT_KEY VALUE`` (``metainit:optimizer=adam``
+is MetaInit as the GradInit authors ran it), ``+warmup`` adds ``--warmup_epochs 1`` (the paper's
+warmup baseline), ``+constlr`` ``--const_lr_epochs 1`` (its "+1 epoch (Const. LR)" baseline). Every finished run is
 appended to ``results.jsonl`` in ``--out``, so running the same command again resumes a half-done
 sweep; ``results.md`` (the table), ``accuracy.png`` (test accuracy over the first epochs, one
 panel per model) and ``loss.png`` (the training loss of every whole run, log scale: a network
@@ -56,17 +57,34 @@ class Run:
 
     @property
     def extra(self) -> list[str]:
-        return next((flags for suffix, flags in SUFFIXES.items() if self.variant.endswith(suffix)), [])
+        options = [x for key, value in init_options(self.variant) for x in (f"--{self.init}_{key}", value)]
+        return options + next((flags for suffix, flags in SUFFIXES.items() if self.variant.endswith(suffix)), [])
 
 
 # The paper's two "+1 epoch" baselines, as variant suffixes.
 SUFFIXES = {"+warmup": ["--warmup_epochs", "1"], "+constlr": ["--const_lr_epochs", "1"]}
 
 
-def base_init(variant: str) -> str:
+def _without_suffix(variant: str) -> str:
     for suffix in SUFFIXES:
         variant = variant.removesuffix(suffix)
     return variant
+
+
+def base_init(variant: str) -> str:
+    return _without_suffix(variant).split(":", 1)[0]
+
+
+def init_options(variant: str) -> list[tuple[str, str]]:
+    """The ``KEY=VALUE`` options of a variant, in order; ``ValueError`` for one without ``=``."""
+    _, _, options = _without_suffix(variant).partition(":")
+    pairs = []
+    for item in filter(None, options.split(",")):
+        key, sep, value = item.partition("=")
+        if not (sep and key):
+            raise ValueError(f"variant {variant!r}: {item!r} is not KEY=VALUE.")
+        pairs.append((key, value))
+    return pairs
 
 
 def command(run: Run, args: argparse.Namespace) -> list[str]:
@@ -158,6 +176,7 @@ def _panels(records, path: Path, models: list[str], variants: list[str], curve_o
 
 def write_plot(records: list[dict[str, Any]], path: Path, epochs: int, models: list[str], variants: list[str]) -> None:
     """Test accuracy over the first ``epochs`` epochs, a panel per model."""
+
     def curve(r: dict[str, Any]) -> list[tuple[float, float]]:
         return [(e, a) for e, a in (r.get("accuracy_curve") or []) if e <= epochs]
 
@@ -181,7 +200,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser, argv, run_args = sweep_parser(__doc__, argv)
     parser.add_argument("--models", nargs="+", default=["resnet20_bn"], help="model names (see cifar_models.py)")
     parser.add_argument("--variants", nargs="+", default=["default", "default+warmup", "gradinit"],
-                        help="INIT[+warmup|+constlr], INIT a registered initialiser")  # fmt: skip
+                        help="INIT[:KEY=VALUE,...][+warmup|+constlr], INIT a registered initialiser")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--plot_epochs", type=int, default=10, help="epochs shown in accuracy.png")
     args = parser.parse_args(argv)
@@ -189,8 +208,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for variant in args.variants:
         if base_init(variant) not in available_initializers():
             parser.error(
-                f"variant {variant!r}: INIT must be one of {available_initializers()}, optionally +warmup or +constlr."
+                f"variant {variant!r}: INIT must be one of {available_initializers()}, optionally with :KEY=VALUE"
+                " options and +warmup or +constlr."
             )
+        try:
+            init_options(variant)
+        except ValueError as err:
+            parser.error(str(err))
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     plan = [Run(m, v, s) for m in args.models for v in args.variants for s in args.seeds]
     records = run_sweep(

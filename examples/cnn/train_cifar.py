@@ -87,8 +87,10 @@ SCRIPT_DEFAULTS: dict[str, Any] = {
 class ModelArguments:
     model: str = field(
         default="resnet20_bn",
-        metadata={"help": "vgg{11,13,16,19}_{bn,nobn} or resnet{20,32,44,56,110,1202,...}_{bn,nobn,nobn_paper}"
-            " (nobn_paper: the authors' no-BN ResNet of the paper's table; nobn: Fixup's structure)."},
+        metadata={
+            "help": "vgg{11,13,16,19}_{bn,nobn} or resnet{20,32,44,56,110,1202,...}_{bn,nobn,nobn_paper}"
+            " (nobn_paper: the authors' no-BN ResNet of the paper's table; nobn: Fixup's structure)."
+        },
     )
     width_mult: float = field(default=1.0, metadata={"help": "Multiply every channel count (narrow CPU versions)."})
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ...config import HVP_MODES, HvpMode, InitConfig, checked_count
+
+MetaInitOptimizer = Literal["sign_sgd", "adam"]
+METAINIT_OPTIMIZERS: tuple[str, ...] = ("sign_sgd", "adam")
+# The default lr of each optimizer: the MetaInit paper's 0.1 (an absolute step of a norm) and
+# the GradInit authors' --gradinit-lr default 1e-3 (a step of a scale), which their MetaInit used.
+DEFAULT_LR = {"sign_sgd": 0.1, "adam": 1e-3}
 
 
 @dataclass
@@ -13,11 +20,24 @@ class MetaInitConfig(InitConfig):
     """Settings of :func:`metainit` (defaults: the paper's, where it has one).
 
     Args:
-        lr: Learning rate of the sign-SGD on the norms: an absolute change of a norm per
-            step (paper: 0.1, for CNNs whose weight norms are about 10 or more). Scale it to
-            your model's norms: a 32x32 matrix drawn from N(0, 0.02) has norm 0.64, and with
-            momentum 0.9 a norm can move by up to ``10 * lr`` per step.
-        momentum: Momentum of the sign-SGD (paper: 0.9).
+        optimizer: What learns the norms (see the module docstring):
+
+            * ``"sign_sgd"``: the MetaInit paper's sign-SGD with momentum on the norms of the
+              tensors with 2+ dimensions;
+            * ``"adam"``: the variant the GradInit authors ran for their paper's MetaInit rows
+              (``metainit`` in zhuchen03/gradinit): Adam on each tensor's *scale* (norm over
+              initial norm) with the scale gradient clipped to ``[-clip, clip]``, and every
+              tensor with a nonzero initial norm scaled, 1-D ones included (biases bounded
+              below by 0, the rest by ``min_scale``).
+        lr: Learning rate. ``None``: 0.1 for ``"sign_sgd"`` (the paper's; an absolute change
+            of a norm per step, for CNNs whose weight norms are about 10 or more: scale it to
+            your model's norms, a 32x32 matrix drawn from N(0, 0.02) has norm 0.64, and with
+            momentum 0.9 a norm can move by up to ``10 * lr`` per step), 1e-3 for ``"adam"``
+            (a change of a scale per step: the default of the GradInit authors' code, whose
+            paper does not say which value its MetaInit rows used).
+        momentum: Momentum of the sign-SGD (paper: 0.9); Adam uses ``betas``.
+        betas, clip: Adam's coefficients and the clip of each scale's gradient (the GradInit
+            authors' code: (0.9, 0.999) and 1); ``"adam"`` only.
         steps: Number of steps, one batch each. Default 100, not the paper's 500 (a deviation,
             for cost): a step costs about 13 training steps (a double backward through ``H g``),
             so 500 steps would take about 15 minutes for a 0.65M-parameter CIFAR VGG on a
@@ -53,14 +73,31 @@ class MetaInitConfig(InitConfig):
     Example:
         >>> from hf_gradinit import MetaInitConfig
         >>> cfg = MetaInitConfig(steps=50)
-        >>> cfg.lr, cfg.momentum, cfg.eps, cfg.hvp
-        (0.1, 0.9, 1e-05, 'exact')
+        >>> cfg.optimizer, cfg.lr, cfg.momentum, cfg.eps, cfg.hvp
+        ('sign_sgd', 0.1, 0.9, 1e-05, 'exact')
+        >>> MetaInitConfig(optimizer="adam").lr  # as the GradInit authors ran it
+        0.001
     """
 
-    lr: float = field(
-        default=0.1, metadata={"help": "MetaInit: step on each tensor's norm (paper: 0.1; scale it to the norms)."}
+    optimizer: MetaInitOptimizer = field(
+        default="sign_sgd",
+        metadata={
+            "help": "MetaInit: sign_sgd (the MetaInit paper: sign-SGD on the norms) or adam (as the GradInit"
+            " authors ran it: Adam on the scales of every nonzero tensor, clipped scale gradients)."
+        },
     )
-    momentum: float = field(default=0.9, metadata={"help": "MetaInit: momentum."})
+    lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "MetaInit: learning rate (default: 0.1 for sign_sgd, an absolute step of a norm; 1e-3 for adam,"
+            " a step of a scale)."
+        },
+    )
+    momentum: float = field(default=0.9, metadata={"help": "MetaInit: momentum of sign_sgd."})
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"cli": False})
+    clip: float = field(
+        default=1.0, metadata={"help": "MetaInit: clip of each scale's gradient (adam; 0: none; GradInit code: 1)."}
+    )
     steps: int = field(
         default=100, metadata={"help": "MetaInit: sign-SGD steps (paper: 500; each costs about 13 training steps)."}
     )
@@ -91,7 +128,18 @@ class MetaInitConfig(InitConfig):
     show_progress: bool = field(default=True, metadata={"cli": False})
 
     def validate(self) -> None:
+        if self.optimizer not in METAINIT_OPTIMIZERS:
+            raise ValueError(
+                f"MetaInitConfig.optimizer must be one of {list(METAINIT_OPTIMIZERS)}, got {self.optimizer!r}."
+            )
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.optimizer]
         self.checked_number("lr", low=0.0)
+        self.checked_number("clip", low=0.0, inclusive=True)
+        betas = tuple(self.betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"MetaInitConfig.betas must be two numbers in [0, 1), got {self.betas!r}.")
+        self.betas = (float(betas[0]), float(betas[1]))
         self.checked_number("eps", low=0.0)
         self.checked_number("min_scale", low=0.0, inclusive=True)
         self.checked_number("momentum", low=0.0, inclusive=True, high=1.0)

@@ -34,8 +34,15 @@ class MetaInitResult(ScalesResult):
     initial_gq: float = math.nan
     final_gq: float = math.nan
 
+    def kind_of(self, name: str) -> str:
+        # Only optimizer="adam" scales biases, bounded below by 0 instead of min_scale.
+        local = name.rsplit(".", 1)[-1]
+        return "bias" if self.config.get("optimizer") == "adam" and "bias" in local else "weight"
+
     def would_scale(self, info: ParamInfo) -> bool:
-        return info.param.dim() >= 2 and super().would_scale(info)
+        # optimizer="adam" (the GradInit authors' variant) scales 1-D tensors too.
+        vectors = self.config.get("optimizer") == "adam"
+        return (vectors or info.param.dim() >= 2) and super().would_scale(info)
 
     @property
     def steps(self) -> int:
