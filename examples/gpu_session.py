@@ -21,7 +21,9 @@ wanted runs as fit, in priority order, and leaves the rest for the next time:
   the paper's table (Kaiming, +1 epoch warmup, +1 epoch constant lr, MetaInit, GradInit), seed 0
   of every column before seed 1, then Fixup (on ``resnet110_nobn``, the no-BN ResNet with
   Fixup's scalar biases and multipliers; the table's column is the authors' plain
-  ``resnet110_nobn_paper``) and LSUV. The lr is held at 0.1 (a 200-epoch cosine schedule's first
+  ``resnet110_nobn_paper``), LSUV, and the MetaInit paper's sign-SGD MetaInit. The table's
+  MetaInit row is the one the GradInit authors ran (``PAPER_METAINIT``: Adam on the scales, 391
+  steps of 128), about 11 epochs of training in cost: on ResNet-110 it does not fit one call. The lr is held at 0.1 (a 200-epoch cosine schedule's first
   epoch), so ``constant_with_warmup`` is the schedule: the warmup variant ramps linearly from 0
   to 0.1 over its epoch, the constant-lr variant spends its epoch at ``--const_lr`` 0.01, the
   others run at 0.1. ResNet-1202 is last: its rough epoch time (``EPOCH_S``, a guess) does not
@@ -89,7 +91,11 @@ FSDP2_OUT = REPO / "benchmarks" / "results" / "gpu_fsdp2"
 # The paper's Table 1 columns, and its rows as sweep_cifar.py variants. Its ResNet-110 without BN
 # is the authors' plain one (``_nobn_paper``); Fixup runs on the network built for it (``_nobn``).
 CIFAR_COLUMNS = ("vgg19_bn", "resnet110_nobn_paper", "vgg19_nobn", "resnet110_bn", "resnet1202_bn")
-PAPER_INITS = ("default", "default+warmup", "default+constlr", "gradinit", "metainit")
+# The paper's MetaInit rows came from the authors' own MetaInit (Adam on the scales, one pass over
+# the training set at the training batch: 391 steps of 128), so that is the row compared with
+# them; the MetaInit paper's sign-SGD (``metainit``) runs after the table.
+PAPER_METAINIT = "metainit:optimizer=adam,steps=391"
+PAPER_INITS = ("default", "default+warmup", "default+constlr", "gradinit", PAPER_METAINIT)
 # Rough seconds of one first-epoch run on a shared GPU (model's epoch plus the initialiser's
 # extra), from the H200 session of 2026-12-04, twelve runs side by side: VGG-19 52-71 s a run
 # (its training 31-48 s), GradInit 121 s of which 55 s GradInit, MetaInit 221 s of which 164 s
@@ -98,6 +104,8 @@ PAPER_INITS = ("default", "default+warmup", "default+constlr", "gradinit", "meta
 # out runs that could not finish before the deadline; ResNet-1202's is a guess.
 EPOCH_S = {"vgg19": 45.0, "resnet110": 100.0, "resnet1202": 600.0, "resnet20": 5.0}
 INIT_EXTRA_EPOCHS = {"gradinit": 1.6, "metainit": 4.0, "lsuv": 0.2}
+# MetaInit's share above is 100 steps at batch 192; its cost grows with the steps and the batch.
+METAINIT_STEP_EPOCHS = {"sign_sgd": 4.0 / 100, "adam": 4.0 / 100 * 128 / 192}
 
 # Seconds a translation run keeps after its training deadline: evaluation and prediction
 # (beam 5, 2,000 sentences; a collapsed model decodes to the length limit) and saving.
@@ -133,8 +141,12 @@ class Job:
 
 def cifar_est(model: str, variant: str) -> float:
     family = model.split("_")[0]
-    init = variant.split("+")[0]
-    return 15.0 + EPOCH_S.get(family, 60.0) * (1.0 + INIT_EXTRA_EPOCHS.get(init, 0.0))
+    init = sweep_cifar.base_init(variant)
+    extra = INIT_EXTRA_EPOCHS.get(init, 0.0)
+    if init == "metainit":
+        options = dict(sweep_cifar.init_options(variant))
+        extra = METAINIT_STEP_EPOCHS[options.get("optimizer", "sign_sgd")] * int(options.get("steps", 100))
+    return 15.0 + EPOCH_S.get(family, 60.0) * (1.0 + extra)
 
 
 def translation_jobs(out: Path, data_root: Path | None, smoke: bool) -> list[Job]:
@@ -197,6 +209,7 @@ def cifar_plan(smoke: bool) -> list[tuple[str, str, int]]:
     plan += [("resnet1202_bn", v, 0) for v in ("default", "gradinit")]
     plan += [("resnet110_nobn", "fixup", s) for s in (0, 1)]
     plan += [(m, "lsuv", s) for s in (0, 1) for m in main_columns]
+    plan += [(m, "metainit", s) for s in (0, 1) for m in main_columns]  # the MetaInit paper's sign-SGD
     plan += [("resnet1202_bn", v, 0) for v in PAPER_INITS if v not in ("default", "gradinit")]
     plan += [("resnet1202_bn", v, 1) for v in PAPER_INITS]
     return plan

@@ -228,6 +228,17 @@ def test_presets_and_recipe_resolution(tmp_path, monkeypatch):
     decayed = set(trainer.get_decay_parameter_names(trainer.model))
     scalars = {n for n, p in trainer.model.named_parameters() if p.numel() == 1}  # biases, multipliers
     assert "layer1.0.conv1.weight" in decayed and "fc.bias" in decayed and not decayed & scalars
+    # MetaInit as the GradInit authors ran it takes their batch, the training batch (GradInit's
+    # preset is 1.5x); the sign-SGD MetaInit keeps the shared default
+    from hf_gradinit.trainer import callback
+
+    sizes = []
+    real_size = callback.gradinit_batch_size
+    monkeypatch.setattr(callback, "gradinit_batch_size", lambda *a: sizes.append(real_size(*a)) or sizes[-1])
+    for optimizer in ("adam", "sign_sgd"):
+        _train(tmp_path, "--model", "resnet20_nobn_paper", "--num_train_epochs", "1", "--overwrite_output_dir", "true",
+               "--model_init", "metainit", "--metainit_optimizer", optimizer, "--metainit_steps", "1")  # fmt: skip
+    assert sizes == [32, 48]
 
 
 def _fails(tmp_path, capsys, *argv: str) -> str:

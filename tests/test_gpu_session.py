@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
 
 import gpu_session  # noqa: E402
-from gpu_session import Job, run_jobs  # noqa: E402
+from gpu_session import Job, run_jobs, sweep_cifar  # noqa: E402
 
 from hf_gradinit import available_initializers  # noqa: E402
 
@@ -33,7 +33,15 @@ def test_the_cifar_plan_is_the_papers_table_seed_0_first():
     assert {m for m, v, _ in plan if v == "fixup"} == {"resnet110_nobn"}  # Fixup needs its multipliers
     assert "resnet110_nobn_paper" in gpu_session.CIFAR_COLUMNS  # the paper's column: the authors' network
     for _, variant, _ in plan:
-        assert variant.split("+")[0] in available_initializers()
+        assert sweep_cifar.base_init(variant) in available_initializers()
+    # the paper's MetaInit rows are the authors' variant; the MetaInit paper's runs after the table
+    assert gpu_session.PAPER_METAINIT in gpu_session.PAPER_INITS and "metainit" not in gpu_session.PAPER_INITS
+    assert ("vgg19_bn", "metainit", 1) in plan
+    # its estimate: 391 steps at batch 128 cost about 2.6 times the sign-SGD's 100 at 192
+    vgg = gpu_session.EPOCH_S["vgg19"]
+    assert gpu_session.cifar_est("vgg19_bn", "metainit") == pytest.approx(15 + vgg * 5.0)
+    paper_metainit = gpu_session.cifar_est("vgg19_bn", gpu_session.PAPER_METAINIT)
+    assert paper_metainit == pytest.approx(15 + vgg * (1 + 0.04 * 391 * 2 / 3))
 
 
 def test_the_translation_plan_is_the_papers_regime(tmp_path):

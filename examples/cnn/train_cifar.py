@@ -13,7 +13,9 @@ picks the initialiser (``default`` is Kaiming, the paper's baseline; ``gradinit`
 SGD target with the normalised step at eta = --learning_rate, gamma 1, about one epoch of
 iterations on batches of 1.5x the training batch (two halves of the batch each), and the scale
 learning rate of the model's family (VGG 1e-2 without BN, 1e-1 with; ResNet 5e-2 without BN,
-1e-3 with).
+1e-3 with). ``--metainit_optimizer adam`` (MetaInit as the GradInit authors ran it) gets their
+batch, the training batch; their loop makes one pass over the training set, ``--metainit_steps
+391`` at batch 128.
 
 Reported: Acc1 (test accuracy after the first epoch), the best and the final test accuracy,
 the accuracy of every epoch, the initialiser's time and its share of the training time, in
@@ -232,6 +234,9 @@ def run(model_args, data_args, recipe, training_args, init_args) -> dict[str, An
             init_args.gradinit_lr = GRADINIT_LR[kind]
         if init_args.gradinit_iters is None:
             init_args.gradinit_iters = steps_per_epoch  # the paper: 390 iterations, one epoch at batch 128
+    if init_args.model_init == "metainit" and init_args.metainit_optimizer == "adam":
+        if init_args.gradinit_batch_size is None:  # the authors' MetaInit loader: the training batch
+            init_args.gradinit_batch_size = training_args.per_device_train_batch_size
 
     set_seed(training_args.seed)
     model = build_model(model_args.model, classes, model_args.width_mult)
