@@ -212,7 +212,9 @@ def test_norms_stay_within_bounds():
     assert any(a in (pytest.approx(0.5), pytest.approx(1.5)) for a in result.scales.values())
 
 
-def authors_adam_metainit(model: nn.Module, batches: list, steps: int, lr: float, clip: float) -> dict[str, float]:
+def authors_adam_metainit(
+    model: nn.Module, batches: list, steps: int, lr: float, clip: float, min_scale: float = 0.01
+) -> dict[str, float]:
     """The GradInit authors' MetaInit loop (``metainit`` and ``RescaleAdam`` of zhuchen03/gradinit),
     written out independently on the live parameters: GQ from a double backward, the scale
     gradient ``<dGQ/dp, p> * ||p0|| / ||p||``, clipped, bias-corrected Adam on the scale,
@@ -237,27 +239,53 @@ def authors_adam_metainit(model: nn.Module, batches: list, steps: int, lr: float
                 st["m"] = 0.9 * st["m"] + 0.1 * g
                 st["v"] = 0.999 * st["v"] + 0.001 * g * g
                 step = lr / (1 - 0.9**t)
-                low = 0.0 if "bias" in name else 0.01
+                low = 0.0 if "bias" in name else min_scale
                 st["alpha"] = max(st["alpha"] - step * st["m"] / (math.sqrt(st["v"] / (1 - 0.999**t)) + 1e-8), low)
                 p.mul_(st["alpha"] * st["init"] / norm)
     return {n: st["alpha"] for n, st in state.items()}
+
+
+class Gain(nn.Module):
+    """An elementwise gain: a 1-D ``weight`` outside any normalisation layer."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, n, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
+def gain_mlp(seed: int = 0) -> nn.Module:
+    """tanh MLP with biases and a 1-D gain, and no LayerNorm: PyTorch's own third derivatives of
+    these are exact, so the transcription of the authors' loop below may use plain autograd."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 7), nn.Tanh(), Gain(7), nn.Linear(7, 7), nn.Tanh(), nn.Linear(7, 3)).double()
 
 
 def test_adam_variant_is_the_gradinit_authors_metainit():
     """optimizer="adam" takes the steps of the GradInit authors' MetaInit (their Table 1's
     MetaInit rows), 1-D tensors and biases included; a clip that binds is part of the check."""
     batches = mlp_batches(3)
-    result = metainit(smooth_mlp(0), batches, quiet(optimizer="adam", steps=5, lr=0.05, clip=0.02), loss_fn=xent)
-    expected = authors_adam_metainit(smooth_mlp(0), batches, steps=5, lr=0.05, clip=0.02)
-    assert set(result.scales) == set(expected) == {n for n, _ in smooth_mlp(0).named_parameters()}
+    result = metainit(gain_mlp(0), batches, quiet(optimizer="adam", steps=5, lr=0.05, clip=0.02), loss_fn=xent)
+    expected = authors_adam_metainit(gain_mlp(0), batches, steps=5, lr=0.05, clip=0.02)
+    assert set(result.scales) == set(expected) == {n for n, _ in gain_mlp(0).named_parameters()}
     for name, alpha in expected.items():
-        # float64 throughout; the two evaluate the same GQ by different graphs (LayerNorm is
-        # decomposed here for its third derivative), so they agree to rounding, not bit for bit
-        assert result.scales[name] == pytest.approx(alpha, rel=1e-7, abs=1e-12), name
+        # float64 throughout, the same GQ by two graphs: equal to rounding, not bit for bit
+        assert result.scales[name] == pytest.approx(alpha, rel=1e-9, abs=1e-12), name
     assert len({round(a, 6) for a in expected.values()}) > 2  # the steps differ between tensors
     assert result.config["optimizer"] == "adam" and result.config["lr"] == 0.05
+    # large steps: biases reach their bound 0 and stay there (the authors skip zero tensors),
+    # weights stop at min_scale
+    batches = mlp_batches(2, seed=2)
+    result = metainit(gain_mlp(2), batches, quiet(optimizer="adam", steps=30, lr=1.0, min_scale=0.5), loss_fn=xent)
+    expected = authors_adam_metainit(gain_mlp(2), batches, steps=30, lr=1.0, clip=1.0, min_scale=0.5)
+    assert sum(a == 0 for a in expected.values()) == 3 and any(a == pytest.approx(0.5) for a in expected.values())
+    for name, alpha in expected.items():
+        # 30 steps of Adam's normalised updates amplify rounding: 1e-15 at first, ~1e-9 by the end
+        assert result.scales[name] == pytest.approx(alpha, rel=1e-6, abs=1e-9), name
     # without a binding clip the first Adam step is lr * sign(dGQ/dalpha) for every tensor
-    one = metainit(smooth_mlp(0), batches, quiet(optimizer="adam", steps=1, lr=0.05), loss_fn=xent)
+    one = metainit(gain_mlp(0), batches, quiet(optimizer="adam", steps=1, lr=0.05), loss_fn=xent)
     assert all(a == pytest.approx(0.95) or a == pytest.approx(1.05) for a in one.scales.values())
 
 

@@ -129,14 +129,15 @@ class MetaInit(ScaleLearner):
         if cfg.optimizer == "adam":
             kinds = [self.infos[i].kind for i in self.scaled_idx]
             self.adam = ScaleAdam(
-                lr=torch.full((len(kinds),), float(cfg.lr)),
+                lr=torch.full((len(kinds),), float(cfg.lr), dtype=torch.float64),
                 betas=cfg.betas,
                 eps=1e-8,
                 clip=cfg.clip,
-                low=torch.tensor([0.0 if k == "bias" else cfg.min_scale for k in kinds]),
+                low=torch.tensor([0.0 if k == "bias" else cfg.min_scale for k in kinds], dtype=torch.float64),
                 high=torch.full((len(kinds),), high),
                 separate_second_moment=False,
             )
+            self.zeroed = torch.zeros(len(kinds), dtype=torch.bool)
         return cfg.steps
 
     @property
@@ -209,7 +210,12 @@ class MetaInit(ScaleLearner):
                 " the model was restored. Lower lr, raise eps or min_scale."
             )
         if cfg.optimizer == "adam":
-            self.norms = self.adam.step(d_scale, constraint=False) * self.init_norms
+            alpha = self.adam.step(d_scale, constraint=False)
+            # The authors' loop skips a tensor whose norm is 0, so a bias scale that reached its
+            # bound 0 stays there.
+            alpha[self.zeroed] = 0.0
+            self.zeroed |= alpha == 0
+            self.norms = alpha * self.init_norms
         else:
             # dGQ/dnorm = dGQ/dscale / initial norm, a positive factor: the sign is that of the
             # paper's projection <dGQ/dtheta, theta / ||theta||>.
