@@ -23,7 +23,9 @@ wanted runs as fit, in priority order, and leaves the rest for the next time:
   Fixup's scalar biases and multipliers; the table's column is the authors' plain
   ``resnet110_nobn_paper``), LSUV, and the MetaInit paper's sign-SGD MetaInit. The table's
   MetaInit row is the one the GradInit authors ran (``PAPER_METAINIT``: Adam on the scales, 391
-  steps of 128), about 11 epochs of training in cost: on ResNet-110 it does not fit one call.
+  steps of 128), about 11 epochs of training in cost (``cifar_est``: 530 s on VGG-19, 1,160 s on
+  ResNet-110 with twelve runs sharing the GPU): on VGG-19 it starts only with a ``--budget_s``
+  above the default, on ResNet-110 never inside one device call (600 s at most).
   The lr is held at 0.1 (a 200-epoch cosine schedule's first
   epoch), so ``constant_with_warmup`` is the schedule: the warmup variant ramps linearly from 0
   to 0.1 over its epoch, the constant-lr variant spends its epoch at ``--const_lr`` 0.01, the
