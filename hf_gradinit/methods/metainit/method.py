@@ -74,7 +74,7 @@ Tensors = list[torch.Tensor]
 
 class MetaInit(ScaleLearner):
     """MetaInit's hooks for the shared driver (:mod:`hf_gradinit.driver`): one step is one
-    sign-SGD update of the norms on one batch."""
+    update of the norms on one batch (sign-SGD, or Adam on their scales)."""
 
     display_name = "MetaInit"
     function_name = "metainit"
@@ -260,7 +260,8 @@ def metainit(
     loss_fn: LossFn | None = None,
     distributed: bool | None = None,
 ) -> MetaInitResult:
-    """Learn the norm of every tensor of ``model`` with 2+ dimensions by MetaInit, in place.
+    """Learn the norm of every tensor of ``model`` with 2+ dimensions by MetaInit, in place
+    (every tensor with a nonzero norm with ``optimizer="adam"``).
 
     See the module docstring for the method and its differences from the paper. Each step
     takes one batch (re-iterable data is cycled). During the run the model is in eval mode
