@@ -218,7 +218,9 @@ def authors_adam_metainit(
     """The GradInit authors' MetaInit loop (``metainit`` and ``RescaleAdam`` of zhuchen03/gradinit),
     written out independently on the live parameters: GQ from a double backward, the scale
     gradient ``<dGQ/dp, p> * ||p0|| / ||p||``, clipped, bias-corrected Adam on the scale,
-    ``max(alpha, 0.01)`` for weights and ``max(alpha, 0)`` for biases, zero tensors left alone."""
+    ``max(alpha, 0.01)`` for weights and ``max(alpha, 0)`` for biases, zero tensors left alone.
+    Their quotient takes the tensors of Linear/Conv/BatchNorm and of their ``Scale``/``Bias``
+    modules; :class:`Gain` below stands for ``Scale``, so here that is every tensor."""
     params = dict(model.named_parameters())
     state = {n: {"alpha": 1.0, "init": float(p.detach().norm()), "m": 0.0, "v": 0.0} for n, p in params.items()}
     for t in range(1, steps + 1):

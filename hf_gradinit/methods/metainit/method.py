@@ -23,7 +23,14 @@ optimizer (Adam on ``alpha_j = norm_j / initial norm_j``, each ``dGQ/dalpha_j`` 
 ``[-clip, clip]``, default lr 1e-3), over every tensor with a nonzero initial norm (biases
 bounded below by 0, the rest by ``min_scale``), on real training batches; their loop takes
 one pass over the training set (391 batches of 128 on CIFAR-10). Which lr their rows used is
-not stated; 1e-3 is their code's default.
+not stated; 1e-3 is their code's default, and no launch script of theirs passes another. What
+still differs from their loop: the quotient here is over every trainable tensor, theirs over the
+tensors of ``Conv2d``, ``Linear``, ``BatchNorm2d`` and their scalar ``Scale``/``Bias`` modules
+(all the tensors of their CIFAR networks); the training loader here drops its last partial
+batch, so 391 steps are 391 full batches where theirs end on one of 80; and BatchNorm runs on
+batch statistics, as in their first release (19eb953), whereas their later ``metainit`` calls
+``set_bn_modes`` before ``net.eval()``, which on torch >= 1.6 leaves BatchNorm on its initial
+running statistics (an affine identity) during MetaInit.
 
 Differences from the paper, and why:
 
