@@ -417,6 +417,10 @@ def test_progress_bar_and_summary(capsys):
 def test_history_records_each_iteration(quiet):
     result = gradinit(smooth_mlp(), mlp_batches(4), quiet(target="sgd", iters=4, gamma=1e6), loss_fn=xent)
     assert [h["step"] for h in result.history] == [0, 1, 2, 3]
+    metrics = result.metrics()
+    assert metrics["gradinit/initial_grad_norm"] == result.history[0]["grad_norm"] != result.history[-1]["grad_norm"]
+    assert metrics["gradinit/final_grad_norm"] == result.history[-1]["grad_norm"]
+    assert metrics["gradinit/initial_loss"] == result.history[0]["loss"]
     for h in result.history:
         assert h["kind"] == "objective"
         assert h["objective"] == pytest.approx(h["lookahead_loss"] / 0.1)

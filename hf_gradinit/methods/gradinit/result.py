@@ -65,12 +65,17 @@ class GradInitResult(ScalesResult):
 
     def metrics(self, prefix: str = "gradinit/") -> dict[str, float]:
         """A flat dict of summary figures, for logging to a tracker."""
+        first = self.history[0] if self.history else {}
         last = self.history[-1] if self.history else {}
         objective_steps = [h for h in self.history if h["kind"] == "objective"]
         out: dict[str, float] = {
             "iterations": float(self.iterations),
             "objective_steps": float(self.num_objective_steps),
             "constraint_steps": float(self.num_constraint_steps),
+            # Against the config's gamma these say whether the constraint bound from the start
+            # and whether the budget of iterations sufficed to meet it.
+            "initial_loss": float(first.get("loss", math.nan)),
+            "initial_grad_norm": float(first.get("grad_norm", math.nan)),
             "final_loss": float(last.get("loss", math.nan)),
             "final_grad_norm": float(last.get("grad_norm", math.nan)),
             "final_objective": float(objective_steps[-1]["objective"]) if objective_steps else math.nan,
