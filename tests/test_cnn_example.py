@@ -384,6 +384,16 @@ def test_sweep_runs_resumes_and_reports(tmp_path, capsys):
     warm = next(r for r in records if r["variant"] == "gradinit+warmup")
     assert "--warmup_epochs 1" in warm["command"] and "--model_init gradinit" in warm["command"]
     assert warm["init_seconds"] > 0
+    # GradInit's scales are kept beside the table (runs/ is scratch); Kaiming saves nothing.
+    from hf_gradinit import GradInitResult
+
+    assert "--save_init_scales true" in warm["command"] and warm["init_file"] == f"init/{warm['key']}.json"
+    kept = GradInitResult.load(tmp_path / "sweep" / warm["init_file"])
+    original = GradInitResult.load(tmp_path / "sweep" / "runs" / warm["key"] / "init_scales.json")
+    assert kept.scales and kept.scales == original.scales
+    assert (tmp_path / "sweep" / "init" / f"{warm['key']}.png").read_bytes()[:4] == b"\x89PNG"
+    plain = next(r for r in records if r["variant"] == "default")
+    assert "init_file" not in plain and "--save_init_scales" not in plain["command"]
     table = (tmp_path / "sweep" / "results.md").read_text()
     assert "| default | Acc1 |" in table and "| gradinit+warmup | Acc_best |" in table and "(n=2)" in table
     assert (tmp_path / "sweep" / "accuracy.png").stat().st_size > 0
@@ -416,6 +426,9 @@ def test_sweep_variant_options_reach_the_initialiser(tmp_path, capsys):
     assert "--metainit_optimizer adam --metainit_steps 2 --warmup_epochs 1" in records[0]["command"]
     saved = json.loads((tmp_path / "sweep" / "runs" / run.key / "all_results.json").read_text())
     assert (saved["init_config"]["optimizer"], saved["init_config"]["lr"], saved["metainit/steps"]) == ("adam", 1e-3, 2)
+    from hf_gradinit import MetaInitResult
+
+    assert len(MetaInitResult.load(tmp_path / "sweep" / records[0]["init_file"]).history) == 2
     assert f"| {variant} | Acc1 |" in (tmp_path / "sweep" / "results.md").read_text()
     for bad in ("metainit:optimizer", "magic:steps=2"):
         with pytest.raises(SystemExit):

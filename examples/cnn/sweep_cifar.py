@@ -6,10 +6,13 @@ A variant is ``INIT[:KEY=VALUE,...][+warmup|+constlr]``: ``INIT`` any registered
 (``default`` is Kaiming), each ``KEY=VALUE`` its option ``--INIT_KEY VALUE`` (``metainit:optimizer=adam``
 is MetaInit as the GradInit authors ran it), ``+warmup`` adds ``--warmup_epochs 1`` (the paper's
 warmup baseline), ``+constlr`` ``--const_lr_epochs 1`` (its "+1 epoch (Const. LR)" baseline). Every finished run is
-appended to ``results.jsonl`` in ``--out``, so running the same command again resumes a half-done
-sweep; ``results.md`` (the table), ``accuracy.png`` (test accuracy over the first epochs, one
-panel per model) and ``loss.png`` (the training loss of every whole run, log scale: a network
-without BatchNorm can start at a loss of 1e8) are rewritten from everything in the file.
+appended to ``results.jsonl`` in ``--out``, so running the same command again resumes a
+half-done sweep. GradInit's and MetaInit's learned scales are kept as ``init/<key>.json`` with
+their picture ``init/<key>.png``, so a result can quote every tensor's scale, and
+``--init_scales_file init/<key>.json`` re-applies them to a fresh model. ``results.md`` (the
+table), ``accuracy.png`` (test accuracy over the first epochs, one panel per model) and
+``loss.png`` (the training loss of every whole run, log scale: a network without BatchNorm can
+start at a loss of 1e8) are rewritten from everything in the file.
 Arguments after ``--`` go to every run unchanged.
 
     python examples/cnn/sweep_cifar.py --out runs/cifar_sweep --models resnet20_bn vgg11_bn \\
@@ -35,10 +38,14 @@ sys.path.insert(0, str(HERE.parent / "common"))  # reporting, shared by the exam
 from reporting import mean_std, run_recorded, run_sweep, sweep_parser  # noqa: E402
 
 from hf_gradinit import available_initializers  # noqa: E402
+from hf_gradinit.trainer.arguments import SCALES_FILE_NAME  # noqa: E402
 
 KEPT = ("acc1", "acc_best", "acc_final", "accuracy_curve", "loss_curve", "train_loss", "train_runtime",
         "init_seconds", "init_fraction_of_train_runtime", "parameters", "train_samples", "test_samples",
         "machine")  # fmt: skip
+# Initialisers whose result is one scale per tensor (a few kB of JSON, worth versioning); LSUV's
+# result carries every tensor it wrote (80 MB for VGG-19), Fixup's factors follow from a formula.
+KEPT_INITS = ("gradinit", "metainit")
 
 
 @dataclass(frozen=True)
@@ -92,11 +99,13 @@ def command(run: Run, args: argparse.Namespace) -> list[str]:
         sys.executable, str(HERE / "train_cifar.py"), "--output_dir", str(args.out / "runs" / run.key),
         "--model", run.model, "--model_init", run.init, "--seed", str(run.seed), "--disable_tqdm", "true",
     ]  # fmt: skip
+    if run.init in KEPT_INITS:
+        cmd += ["--save_init_scales", "true"]
     return cmd + run.extra + list(args.run_args)
 
 
 def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:
-    return run_recorded(
+    record = run_recorded(
         {**asdict(run), "key": run.key},
         command(run, args),
         args.out / "runs" / run.key,
@@ -105,6 +114,28 @@ def execute(run: Run, args: argparse.Namespace) -> dict[str, Any]:
         threads=args.threads_per_run,
         pythonpath=str(REPO),
     )
+    if record["returncode"] == 0:
+        kept = keep_init_files(args.out / "runs" / run.key, args.out / "init", run.key)
+        if kept is not None:
+            record["init_file"] = kept.relative_to(args.out).as_posix()
+    return record
+
+
+def keep_init_files(run_dir: Path, dest: Path, key: str) -> Path | None:
+    """Copy a run's saved initialisation (``init_scales.json``) and its picture to
+    ``dest/<key>.json|.png``: ``runs/`` is scratch (not versioned), these are what a result
+    quotes. Returns the JSON's new path, or ``None`` where the run saved none."""
+    import shutil
+
+    source = run_dir / SCALES_FILE_NAME
+    if not source.is_file():
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    target = Path(shutil.copyfile(source, dest / f"{key}.json"))
+    picture = run_dir / "init_scales.png"
+    if picture.is_file():
+        shutil.copyfile(picture, dest / f"{key}.png")
+    return target
 
 
 def _ordered(values: list[str], first: list[str]) -> list[str]:
