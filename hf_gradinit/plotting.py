@@ -65,6 +65,27 @@ def layer_means(values: Mapping[str, float]) -> dict[str, dict[int, float]]:
     return dict(out)
 
 
+def tensor_kind(name: str, kinds: Mapping[str, str] | None = None) -> str:
+    """``"weight"``, ``"norm"`` (a normalisation layer's weight) or ``"bias"``: ``kinds[name]``
+    where given (``GradInitResult.kinds``, read off the module types), otherwise guessed from the
+    name, which cannot tell a BatchNorm in a ``Sequential`` from a convolution.
+
+    >>> tensor_kind("model.encoder.layers.0.self_attn_layer_norm.weight")
+    'norm'
+    >>> tensor_kind("features.1.weight"), tensor_kind("features.1.weight", {"features.1.weight": "norm"})
+    ('weight', 'norm')
+    """
+    if kinds is not None and name in kinds:
+        return kinds[name]
+    if name.endswith("bias"):
+        return "bias"
+    return "norm" if _NORM.search(name) else "weight"
+
+
+_KIND_STYLE = {"weight": ("tab:blue", "weights"), "norm": ("tab:green", "normalisation weights"),
+               "bias": ("tab:orange", "biases")}  # fmt: skip
+
+
 def plot_scales(
     values: Mapping[str, float],
     path: str | Path,
@@ -72,6 +93,7 @@ def plot_scales(
     title: str = "",
     ylabel: str = "scale",
     reference: float | None = 1.0,
+    kinds: Mapping[str, str] | None = None,
 ) -> Path:
     """Save a PNG of ``values`` (one number per parameter name) by layer; returns the path.
 
@@ -81,6 +103,8 @@ def plot_scales(
         title: Figure title.
         ylabel: What the numbers are.
         reference: A value drawn as a grey line (1.0: "unchanged"); ``None`` for none.
+        kinds: ``"weight"``, ``"norm"`` or ``"bias"`` by parameter name (see
+            :func:`tensor_kind`), for the colours and panels; names not in it are guessed.
     """
     import matplotlib
 
@@ -90,6 +114,7 @@ def plot_scales(
     if not values:
         raise ValueError("plot_scales needs at least one tensor's value (the result holds none).")
     layered: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    group_of: dict[str, str] = {}  # a block's tensor name -> its panel row
     outside: list[tuple[str, float]] = []
     for name, value in values.items():
         part, layer, kind = tensor_position(name)
@@ -97,6 +122,8 @@ def plot_scales(
             outside.append((name, float(value)))
         else:
             layered[part][kind].append((layer, float(value)))
+            # LayerNorm gains are not matrices: they are drawn with the biases.
+            group_of[kind] = "weights" if tensor_kind(name, kinds) == "weight" else "norms and biases"
     positive = [v for v in values.values() if v > 0]
     log = bool(positive) and max(positive) / min(positive) > 10
 
@@ -104,23 +131,26 @@ def plot_scales(
     if not parts:
         fig, ax = plt.subplots(figsize=(max(8.0, 0.08 * len(values)), 4.5))
         names = list(values)
-        colors = ["tab:blue" if n.endswith("weight") else "tab:orange" for n in names]
-        ax.scatter(range(len(names)), [values[n] for n in names], c=colors, s=12)
-        ax.set_xlabel("tensor, in model order (blue: weights, orange: others)")
+        for kind, (color, label) in _KIND_STYLE.items():
+            xs = [i for i, n in enumerate(names) if tensor_kind(n, kinds) == kind]
+            if xs:
+                ax.scatter(xs, [values[names[i]] for i in xs], color=color, s=12, label=label)
+        ax.set_xlabel("tensor, in model order")
+        ax.legend(fontsize=7, loc="best")
         _finish(ax, ylabel, log, reference)
         if len(names) <= 40:
             ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
     else:
-        groups = [g for g in ("weights", "norms and biases") if any(_group(k) == g for p in parts for k in layered[p])]
+        groups = [g for g in ("weights", "norms and biases") if g in group_of.values()]
         rows = len(groups) + bool(outside)
         fig, axes = plt.subplots(rows, len(parts), figsize=(6.5 * len(parts), 3.6 * rows), squeeze=False)
         cmap = plt.get_cmap("tab20")
-        kinds = sorted({k for p in parts for k in layered[p]})
-        colors = {k: cmap(i % 20) for i, k in enumerate(kinds)}
+        block_kinds = sorted({k for p in parts for k in layered[p]})
+        colors = {k: cmap(i % 20) for i, k in enumerate(block_kinds)}
         for col, part in enumerate(parts):
             for row, group in enumerate(groups):
                 ax = axes[row][col]
-                for kind in (k for k in kinds if _group(k) == group and k in layered[part]):
+                for kind in (k for k in block_kinds if group_of[k] == group and k in layered[part]):
                     layers, ys = zip(*sorted(layered[part][kind]), strict=True)
                     ax.plot(layers, ys, marker="o", ms=3, color=colors[kind], label=kind)
                 ax.set_title(f"{part}: {group}", fontsize=9)
@@ -146,13 +176,6 @@ def plot_scales(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def _group(kind: str) -> str:
-    # LayerNorm gains end in ".weight" too, but they are not matrices: plotted with the biases.
-    if kind.endswith("bias") or _NORM.search(kind):
-        return "norms and biases"
-    return "weights"
 
 
 def _finish(ax, ylabel: str, log: bool, reference: float | None) -> None:

@@ -195,7 +195,12 @@ class ScalesResult:
 
         path = f"{self.initializer}_scales.png" if path is None else path
         title = f"{self.display_name}: learned scale of each tensor ({len(self.scales)} tensors)"
-        return plot_scales(self.scales, path, title=title, ylabel="learned scale")
+        return plot_scales(self.scales, path, title=title, ylabel="learned scale", kinds=self.plot_kinds())
+
+    def plot_kinds(self) -> dict[str, str] | None:
+        """Which tensors are weights, normalisation weights or biases, where the result knows it
+        from the module types (the picture colours by it; ``None``: read off the names)."""
+        return None
 
     def __str__(self) -> str:
         return self.summary(max_rows=10)

@@ -7,7 +7,7 @@ import torch
 from conftest import reversal_batches, tiny_marian
 
 from hf_gradinit import GradInitConfig, LSUVConfig, MetaInitConfig, gradinit, lsuv, metainit
-from hf_gradinit.plotting import layer_means, plot_scales, tensor_position
+from hf_gradinit.plotting import layer_means, plot_scales, tensor_kind, tensor_position
 
 pytest.importorskip("matplotlib")
 
@@ -52,3 +52,25 @@ def test_models_without_numbered_blocks_get_one_panel_and_empty_input_is_refused
     assert _is_png(plot_scales(values, tmp_path / "cnn.png", title="cnn"))
     with pytest.raises(ValueError, match="at least one tensor"):
         plot_scales({}, tmp_path / "none.png")
+
+
+def test_a_gradinit_picture_tells_batchnorm_weights_from_convolutions(tmp_path):
+    """In a ``Sequential`` the names cannot say which tensor is a BatchNorm's; GradInit's result
+    knows it from the module types, and the picture colours by that."""
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 3)
+    )
+    batches = [(torch.randn(4, 3, 6, 6), torch.randint(0, 3, (4,))) for _ in range(2)]
+    result = gradinit(
+        cnn, batches, GradInitConfig(iters=2, show_progress=False),
+        loss_fn=lambda model, batch: torch.nn.functional.cross_entropy(model(batch[0]), batch[1]),
+    )  # fmt: skip
+    kinds = result.plot_kinds()
+    assert {n: tensor_kind(n, kinds) for n in ("0.weight", "1.weight", "4.weight")} == {
+        "0.weight": "weight", "1.weight": "norm", "4.weight": "weight"
+    }  # fmt: skip
+    assert tensor_kind("1.weight") == "weight"  # the names alone cannot tell
+    assert tensor_kind("model.decoder.layers.0.final_layer_norm.weight") == "norm"
+    assert tensor_kind("model.decoder.layers.0.fc1.bias", kinds) == "bias"
+    assert _is_png(result.plot(tmp_path / "cnn.png"))

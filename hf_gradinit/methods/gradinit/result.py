@@ -39,6 +39,9 @@ class GradInitResult(ScalesResult):
     def kind_of(self, name: str) -> str:
         return self.kinds[name]
 
+    def plot_kinds(self) -> dict[str, str] | None:
+        return dict(self.kinds)
+
     @property
     def iterations(self) -> int:
         return len(self.history)
