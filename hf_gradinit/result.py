@@ -71,6 +71,15 @@ _KINDS = ("weight", "bias", "norm")
 _BOUND_PREFIX = {"weight": "", "bias": "bias_", "norm": "norm_"}
 
 
+def check_kinds(kinds: Any, scales: dict[str, float], where: str) -> None:
+    """Raise ``ValueError`` unless ``kinds`` maps exactly the scaled tensors to a known kind."""
+    if not isinstance(kinds, dict) or set(kinds) != set(scales):
+        raise ValueError(f"{where!r}: 'scales', 'init_norms' and 'kinds' must name the same tensors.")
+    odd = {n: k for n, k in kinds.items() if k not in _KINDS}
+    if odd:
+        raise ValueError(f"{where!r}: kinds must be one of {list(_KINDS)}, got {dict(list(odd.items())[:3])}.")
+
+
 @dataclass
 class ScalesResult:
     """One learned scale per tensor (the direction kept): what GradInit and MetaInit return.

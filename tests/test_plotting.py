@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import reversal_batches, tiny_marian
@@ -54,23 +56,40 @@ def test_models_without_numbered_blocks_get_one_panel_and_empty_input_is_refused
         plot_scales({}, tmp_path / "none.png")
 
 
-def test_a_gradinit_picture_tells_batchnorm_weights_from_convolutions(tmp_path):
-    """In a ``Sequential`` the names cannot say which tensor is a BatchNorm's; GradInit's result
-    knows it from the module types, and the picture colours by that."""
+@pytest.mark.parametrize("method", ["gradinit", "metainit"])
+def test_a_picture_tells_batchnorm_weights_from_convolutions(method, tmp_path):
+    """In a ``Sequential`` the names cannot say which tensor is a BatchNorm's; GradInit's and
+    MetaInit's results know it from the module types, and the picture colours by that."""
     torch.manual_seed(0)
     cnn = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 3)
     )
     batches = [(torch.randn(4, 3, 6, 6), torch.randint(0, 3, (4,))) for _ in range(2)]
-    result = gradinit(
-        cnn, batches, GradInitConfig(iters=2, show_progress=False),
-        loss_fn=lambda model, batch: torch.nn.functional.cross_entropy(model(batch[0]), batch[1]),
-    )  # fmt: skip
+
+    def loss_fn(model, batch):
+        return torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+
+    if method == "gradinit":
+        result = gradinit(cnn, batches, GradInitConfig(iters=2, show_progress=False), loss_fn=loss_fn)
+    else:  # the authors' variant scales 1-D tensors, so the BatchNorm weight gets a scale
+        result = metainit(cnn, batches, MetaInitConfig(optimizer="adam", steps=2, show_progress=False), loss_fn=loss_fn)
     kinds = result.plot_kinds()
     assert {n: tensor_kind(n, kinds) for n in ("0.weight", "1.weight", "4.weight")} == {
         "0.weight": "weight", "1.weight": "norm", "4.weight": "weight"
     }  # fmt: skip
     assert tensor_kind("1.weight") == "weight"  # the names alone cannot tell
     assert tensor_kind("model.decoder.layers.0.final_layer_norm.weight") == "norm"
-    assert tensor_kind("model.decoder.layers.0.fc1.bias", kinds) == "bias"
+    assert tensor_kind("0.bias", kinds) == "bias"
     assert _is_png(result.plot(tmp_path / "cnn.png"))
+    # the kinds travel with the saved result; a file that names other tensors is refused
+    path = result.save(tmp_path / "result.json")
+    assert type(result).load(path).plot_kinds() == kinds
+    data = json.loads(path.read_text())
+    data["kinds"] = {**data["kinds"], "9.weight": "weight"}
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="must name the same tensors"):
+        type(result).load(path)
+    if method == "metainit":  # files written before MetaInit recorded kinds still load
+        del data["kinds"]
+        path.write_text(json.dumps(data))
+        assert type(result).load(path).plot_kinds() is None

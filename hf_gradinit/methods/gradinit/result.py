@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...result import ScalesResult
+from ...result import ScalesResult, check_kinds
 
 
 @dataclass
@@ -57,14 +57,7 @@ class GradInitResult(ScalesResult):
     @classmethod
     def _check_fields(cls, data: dict[str, Any], where: str) -> None:
         super()._check_fields(data, where)
-        kinds = data["kinds"]
-        if not isinstance(kinds, dict) or set(kinds) != set(data["scales"]):
-            raise ValueError(f"{where!r}: 'scales', 'init_norms' and 'kinds' must name the same tensors.")
-        odd = {n: k for n, k in kinds.items() if k not in ("weight", "bias", "norm")}
-        if odd:
-            raise ValueError(
-                f"{where!r}: kinds must be one of ['weight', 'bias', 'norm'], got {dict(list(odd.items())[:3])}."
-            )
+        check_kinds(data["kinds"], data["scales"], where)
 
     def metrics(self, prefix: str = "gradinit/") -> dict[str, float]:
         """A flat dict of summary figures, for logging to a tracker."""

@@ -248,6 +248,7 @@ class MetaInit(ScaleLearner):
             init_norms={self.infos[i].name: float(n) for i, n in zip(self.scaled_idx, self.init_norms, strict=True)},
             skipped=self.skipped,
             history=self.history,
+            kinds={self.infos[i].name: self.infos[i].kind for i in self.scaled_idx},
             initial_gq=self.history[0]["gq"],
             final_gq=self.final_gq,
             config=self.config.to_dict(),
