@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE.parent / "common"))  # reporting, shared by the examples
 
 from reporting import mean_std, run_recorded, run_sweep, sweep_parser  # noqa: E402
+from script_support import SCALES_PICTURE_NAME  # noqa: E402
 
 from hf_gradinit import available_initializers  # noqa: E402
 from hf_gradinit.trainer.arguments import SCALES_FILE_NAME  # noqa: E402
@@ -132,7 +133,7 @@ def keep_init_files(run_dir: Path, dest: Path, key: str) -> Path | None:
         return None
     dest.mkdir(parents=True, exist_ok=True)
     target = Path(shutil.copyfile(source, dest / f"{key}.json"))
-    picture = run_dir / "init_scales.png"
+    picture = run_dir / SCALES_PICTURE_NAME
     if picture.is_file():
         shutil.copyfile(picture, dest / f"{key}.png")
     return target

@@ -14,6 +14,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+#: The initialiser's picture beside ``all_results.json`` (the sweeps copy it from there).
+SCALES_PICTURE_NAME = "init_scales.png"
+
 
 class UsageError(ValueError):
     """A problem with the command line or the data it names (the scripts exit with status 2)."""
@@ -85,7 +88,7 @@ def initializer_figures(trainer: Any) -> dict[str, Any]:
 
 
 def finish_run(trainer: Any, results: dict[str, Any], output_dir: str, script: str) -> Path | None:
-    """Write ``all_results.json`` and the initialiser's picture (``init_scales.png``) from the
+    """Write ``all_results.json`` and the initialiser's picture (:data:`SCALES_PICTURE_NAME`) from the
     main process, then say on the console where they are; returns the results path."""
     if not trainer.is_world_process_zero():
         return None
@@ -99,8 +102,8 @@ def finish_run(trainer: Any, results: dict[str, Any], output_dir: str, script: s
     path.write_text(json.dumps(results, indent=2, default=str))  # first: a failed picture loses nothing
     if callable(getattr(result, "plot", None)) and getattr(result, "scales", None):
         try:
-            written.append(result.plot(out / "init_scales.png"))
+            written.append(result.plot(out / SCALES_PICTURE_NAME))
         except Exception as err:  # matplotlib is an extra; a picture is never worth the run
-            logger.warning("No init_scales.png: %s: %s", type(err).__name__, err)
+            logger.warning("No %s: %s: %s", SCALES_PICTURE_NAME, type(err).__name__, err)
     print(f"***** {script}: results in {', '.join(str(p) for p in written)} *****", flush=True)
     return path
