@@ -67,7 +67,7 @@ def layer_means(values: Mapping[str, float]) -> dict[str, dict[int, float]]:
 
 def tensor_kind(name: str, kinds: Mapping[str, str] | None = None) -> str:
     """``"weight"``, ``"norm"`` (a normalisation layer's weight) or ``"bias"``: ``kinds[name]``
-    where given (``GradInitResult.kinds``, read off the module types), otherwise guessed from the
+    where given (a GradInit or MetaInit result's ``kinds``, read off the module types), otherwise guessed from the
     name, which cannot tell a BatchNorm in a ``Sequential`` from a convolution.
 
     >>> tensor_kind("model.encoder.layers.0.self_attn_layer_norm.weight")
