@@ -71,7 +71,7 @@ _KINDS = ("weight", "bias", "norm")
 _BOUND_PREFIX = {"weight": "", "bias": "bias_", "norm": "norm_"}
 
 
-def check_kinds(kinds: Any, scales: dict[str, float], where: str) -> None:
+def _check_kinds(kinds: Any, scales: dict[str, float], where: str) -> None:
     """Raise ``ValueError`` unless ``kinds`` maps exactly the scaled tensors to a known kind."""
     if not isinstance(kinds, dict) or set(kinds) != set(scales):
         raise ValueError(f"{where!r}: 'scales', 'init_norms' and 'kinds' must name the same tensors.")
@@ -95,6 +95,9 @@ class ScalesResult:
         history: One record per step.
         config: The settings the run used.
         timings: Seconds (``total_s`` and the method's own).
+        kinds: ``"weight"``, ``"bias"`` or ``"norm"`` (normalisation-layer weight) per tensor,
+            read off the module types; the pictures group by it. ``{}`` where a file predates it
+            (MetaInit's before 2026-12-08): the pictures then read the kinds off the names.
     """
 
     initializer: ClassVar[str] = ""
@@ -102,7 +105,7 @@ class ScalesResult:
     #: Fields a file must hold besides the ones every result has.
     required_fields: ClassVar[tuple[str, ...]] = ("scales", "init_norms")
     #: Fields that map names to values (checked on load), whatever the class's annotations look like.
-    mapping_fields: ClassVar[tuple[str, ...]] = ("scales", "init_norms", "skipped", "config", "timings")
+    mapping_fields: ClassVar[tuple[str, ...]] = ("scales", "init_norms", "skipped", "config", "timings", "kinds")
 
     scales: dict[str, float]
     init_norms: dict[str, float]
@@ -110,6 +113,7 @@ class ScalesResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
 
     # -- what a method may override ----------------------------------------------------------
     def kind_of(self, name: str) -> str:
@@ -209,7 +213,7 @@ class ScalesResult:
     def plot_kinds(self) -> dict[str, str] | None:
         """Which tensors are weights, normalisation weights or biases, where the result knows it
         from the module types (the picture colours by it; ``None``: read off the names)."""
-        return None
+        return dict(self.kinds) or None
 
     def __str__(self) -> str:
         return self.summary(max_rows=10)
@@ -263,6 +267,8 @@ class ScalesResult:
             )
         if set(norms) != set(scales):
             raise ValueError(f"{where!r}: 'scales' and 'init_norms' must name the same tensors.")
+        if data.get("kinds") or "kinds" in cls.required_fields:
+            _check_kinds(data.get("kinds"), scales, where)
         config = data.get("config") or {}
         # kind_of may read the run's config (which tensors a variant bounds how).
         probe = cls(**{"config": config, **{k: data[k] for k in cls.required_fields}})

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from ...result import ScalesResult, check_kinds
+from ...result import ScalesResult
 
 
 @dataclass
@@ -32,15 +31,9 @@ class GradInitResult(ScalesResult):
     initializer = "gradinit"
     display_name = "GradInit"
     required_fields = ("scales", "init_norms", "kinds")
-    mapping_fields = (*ScalesResult.mapping_fields, "kinds")
-
-    kinds: dict[str, str] = field(default_factory=dict)
 
     def kind_of(self, name: str) -> str:
         return self.kinds[name]
-
-    def plot_kinds(self) -> dict[str, str] | None:
-        return dict(self.kinds)
 
     @property
     def iterations(self) -> int:
@@ -53,11 +46,6 @@ class GradInitResult(ScalesResult):
     @property
     def num_objective_steps(self) -> int:
         return sum(1 for h in self.history if h["kind"] == "objective")
-
-    @classmethod
-    def _check_fields(cls, data: dict[str, Any], where: str) -> None:
-        super()._check_fields(data, where)
-        check_kinds(data["kinds"], data["scales"], where)
 
     def metrics(self, prefix: str = "gradinit/") -> dict[str, float]:
         """A flat dict of summary figures, for logging to a tracker."""

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from ...result import ScalesResult, check_kinds
+from ...result import ScalesResult
 from ...scales import ParamInfo
 
 
@@ -27,9 +26,8 @@ class MetaInitResult(ScalesResult):
         initial_gq, final_gq: GQ on the first batch before and after the run.
         config: The settings the run used.
         timings: ``total_s``, ``steps_s`` and ``step_s`` (mean seconds a step).
-        kinds: ``"weight"``, ``"bias"`` or ``"norm"`` (normalisation-layer weight) per tensor, read
-            off the module types; the pictures group by it. Files written before it existed
-            have none (``{}``), and their pictures read the kinds off the names.
+        kinds: Weight, normalisation weight or bias per tensor (for the pictures; ``{}`` in
+            files written before 2026-12-08).
     """
 
     initializer = "metainit"
@@ -37,23 +35,11 @@ class MetaInitResult(ScalesResult):
 
     initial_gq: float = math.nan
     final_gq: float = math.nan
-    kinds: dict[str, str] = field(default_factory=dict)
-
-    mapping_fields = (*ScalesResult.mapping_fields, "kinds")
 
     def kind_of(self, name: str) -> str:
         # Only optimizer="adam" scales biases, bounded below by 0 instead of min_scale.
         local = name.rsplit(".", 1)[-1]
         return "bias" if self.config.get("optimizer") == "adam" and "bias" in local else "weight"
-
-    def plot_kinds(self) -> dict[str, str] | None:
-        return dict(self.kinds) or None
-
-    @classmethod
-    def _check_fields(cls, data: dict[str, Any], where: str) -> None:
-        super()._check_fields(data, where)
-        if data.get("kinds"):
-            check_kinds(data["kinds"], data["scales"], where)
 
     def would_scale(self, info: ParamInfo) -> bool:
         # optimizer="adam" (the GradInit authors' variant) scales 1-D tensors too.
